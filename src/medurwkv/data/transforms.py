@@ -1,0 +1,299 @@
+"""Image/mask transforms: training augmentation, deterministic evaluation preprocessing.
+
+Pipeline for every image (train, val, test, predict)::
+
+    stored dtype --to_float01--> float32 [0, 1] --adapt_channels--> (H, W, in_channels)
+        --geometry (train: augment + resize/crop; eval: resize to img_size)--> --normalize--> (C, H, W) tensor
+
+* ``to_float01``: uint8 / 255, uint16 / 65535 (16-bit images are scaled by their dtype maximum, not by
+  their own range, so intensities stay comparable between images), float images are used as stored.
+* ``adapt_channels``: gray -> 3 channels by repetition when the model takes 3; RGB -> gray by ITU-R 601
+  luminance (0.299 R + 0.587 G + 0.114 B) when it takes 1.
+* ``normalize``: ``"imagenet"``: (x - mean) / std with mean (0.485, 0.456, 0.406), std (0.229, 0.224,
+  0.225) on the [0, 1] scale (1-channel or non-RGB images use the means of the three values);
+  ``"per_image"``: per-channel zero mean / unit std over the image (constant channels become 0).
+* Geometry uses albumentations: images bilinear, masks nearest. Evaluation resizes straight to
+  ``img_size`` (aspect ratio is not kept), so predictions must be resized back to the original size.
+
+``preprocess_image`` is exactly the evaluation path for an image, used by predict/evaluate/export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "NORMALIZE_MODES",
+    "SegTransform",
+    "adapt_channels",
+    "build_transform",
+    "normalize_image",
+    "preprocess_image",
+    "to_float01",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZE_MODES = ("imagenet", "per_image")
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def to_float01(image: np.ndarray) -> np.ndarray:
+    """Convert to float32 scaled to [0, 1] by the dtype maximum (uint8: 255, uint16: 65535)."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) * np.float32(1.0 / 255.0)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) * np.float32(1.0 / 65535.0)
+    if image.dtype == bool:
+        return image.astype(np.float32)
+    if np.issubdtype(image.dtype, np.floating):
+        return image.astype(np.float32, copy=False)
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    raise ValueError(f"unsupported image dtype {image.dtype}; expected uint8, uint16 or float")
+
+
+def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
+    """(H, W) or (H, W, C) float image -> (H, W, in_channels): gray->RGB by repetition, RGB->gray by luma."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3:
+        raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
+    c = image.shape[2]
+    if c == in_channels:
+        return image
+    if c == 1:
+        return np.repeat(image, in_channels, axis=2)
+    if c in (3, 4) and in_channels == 1:
+        return (image[..., :3] @ _LUMA.astype(image.dtype))[..., None]
+    if c == 4 and in_channels == 3:
+        return image[..., :3]
+    raise ValueError(
+        f"image has {c} channels but the model expects in_channels={in_channels}; only gray<->RGB are "
+        "converted automatically: build the model with the matching in_channels"
+    )
+
+
+def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
+    """Normalise a float32 (H, W, C) image in [0, 1] (``"imagenet"`` or ``"per_image"``)."""
+    c = image.shape[2]
+    if mode == "imagenet":
+        if c == 3:
+            mean, std = np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32)
+        else:
+            # 1-channel (or other) images: one mean/std, the mean of ImageNet's three values
+            mean = np.full(c, np.mean(IMAGENET_MEAN), np.float32)
+            std = np.full(c, np.mean(IMAGENET_STD), np.float32)
+        return (image - mean) / std
+    if mode == "per_image":
+        mean = image.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)  # (C,)
+        std = image.std(axis=(0, 1), dtype=np.float64).astype(np.float32)  # (C,)
+        return (image - mean) / np.maximum(std, np.float32(1e-6))
+    raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {mode!r}")
+
+
+def _size(img_size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if img_size is None:
+        return None
+    if isinstance(img_size, int):
+        return (img_size, img_size)
+    size = tuple(int(s) for s in img_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"img_size must be an int or (H, W) with positive values, got {img_size!r}")
+    return size  # type: ignore[return-value]
+
+
+def _eval_geometry(size: tuple[int, int] | None) -> A.Compose:
+    ops = (
+        []
+        if size is None
+        else [
+            A.Resize(size[0], size[1], interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)
+        ]
+    )
+    return A.Compose(ops)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation strengths (probabilities and ranges), defaults tuned for 2D medical images."""
+
+    hflip: float = 0.5
+    vflip: float = 0.5
+    affine: float = 0.5
+    scale: tuple[float, float] = (0.85, 1.15)
+    rotate: float = 15.0  # degrees, symmetric
+    translate: float = 0.0625  # fraction of the size, symmetric
+    resized_crop: float = 0.5  # probability of a random resized crop instead of a plain resize
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    brightness_contrast: float = 0.5
+    brightness: float = 0.2
+    contrast: float = 0.2
+
+
+def _train_geometry(size: tuple[int, int] | None, cfg: AugmentConfig, seed: int | None) -> A.Compose:
+    ops: list = []
+    if size is not None:
+        # OneOf uses the children's p as relative weights: crop with probability cfg.resized_crop
+        crop_p = min(max(cfg.resized_crop, 0.0), 1.0)
+        choices = []
+        if crop_p > 0:
+            choices.append(
+                A.RandomResizedCrop(
+                    size=size,
+                    scale=cfg.crop_scale,
+                    # aspect ratios around the target's, so crops are not distorted more than resizing
+                    ratio=(3 / 4 * size[1] / size[0], 4 / 3 * size[1] / size[0]),
+                    interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST,
+                    p=crop_p,
+                )
+            )
+        if crop_p < 1:
+            choices.append(
+                A.Resize(
+                    size[0],
+                    size[1],
+                    interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST,
+                    p=1.0 - crop_p,
+                )
+            )
+        ops.append(A.OneOf(choices, p=1.0))
+    if cfg.hflip > 0:
+        ops.append(A.HorizontalFlip(p=cfg.hflip))
+    if cfg.vflip > 0:
+        ops.append(A.VerticalFlip(p=cfg.vflip))
+    if cfg.affine > 0:
+        ops.append(
+            A.Affine(
+                scale=cfg.scale,
+                rotate=(-cfg.rotate, cfg.rotate),
+                translate_percent=(-cfg.translate, cfg.translate),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=cv2.BORDER_CONSTANT,
+                fill=0,
+                fill_mask=0,
+                p=cfg.affine,
+            )
+        )
+    if cfg.brightness_contrast > 0:
+        ops.append(
+            A.RandomBrightnessContrast(
+                brightness_limit=cfg.brightness, contrast_limit=cfg.contrast, p=cfg.brightness_contrast
+            )
+        )
+    return A.Compose(ops, seed=seed)
+
+
+class SegTransform:
+    """Joint image/mask transform: ``(image ndarray, mask ndarray|None) -> (C,H,W) float32, (H,W) int64``.
+
+    ``train=True`` applies the augmentation (seeded through ``set_seed``), otherwise only the
+    deterministic evaluation resize. Built by ``build_transform``.
+    """
+
+    def __init__(
+        self,
+        *,
+        train: bool,
+        img_size: int | Sequence[int] | None,
+        in_channels: int,
+        normalize: str,
+        augment: AugmentConfig | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        self.train = train
+        self.img_size = _size(img_size)
+        self.in_channels = in_channels
+        self.normalize = normalize
+        self.augment = augment or AugmentConfig()
+        self.geometry = (
+            _train_geometry(self.img_size, self.augment, seed) if train else _eval_geometry(self.img_size)
+        )
+
+    def set_seed(self, seed: int) -> None:
+        """Re-seed albumentations' random state (all transforms of the pipeline)."""
+        self.geometry.set_random_seed(int(seed))
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = adapt_channels(to_float01(image), self.in_channels)  # (H, W, C) float32 in [0, 1]
+        if mask is not None:
+            if mask.shape[:2] != x.shape[:2]:
+                raise ValueError(
+                    f"image is {x.shape[:2]} but mask is {mask.shape[:2]} (HxW); sizes must match"
+                )
+            # int32: OpenCV warps/resizes do not accept int64 masks
+            out = self.geometry(image=x, mask=mask.astype(np.int32, copy=False))
+            x, m = out["image"], out["mask"]
+        else:
+            x, m = self.geometry(image=x)["image"], None
+        if x.ndim == 2:  # OpenCV drops a trailing singleton channel
+            x = x[..., None]
+        x = normalize_image(np.asarray(x, dtype=np.float32), self.normalize)
+        tx = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (C, H, W)
+        tm = None if m is None else torch.from_numpy(np.ascontiguousarray(m).astype(np.int64))  # (H, W)
+        return tx, tm
+
+
+def build_transform(
+    *,
+    train: bool,
+    img_size: int | Sequence[int] | None,
+    in_channels: int,
+    normalize: str = "imagenet",
+    augment: AugmentConfig | None = None,
+    seed: int | None = None,
+) -> SegTransform:
+    """Training (augmenting) or evaluation (resize-only) transform; see the module docstring."""
+    return SegTransform(
+        train=train,
+        img_size=img_size,
+        in_channels=in_channels,
+        normalize=normalize,
+        augment=augment,
+        seed=seed,
+    )
+
+
+def preprocess_image(
+    image: np.ndarray,
+    *,
+    in_channels: int,
+    normalize: str,
+    img_size: int | Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Deterministic model input for one image: (C, H, W) float32, identical to the val/test transform.
+
+    ``image`` is what ``read_image`` returns ((H, W) or (H, W, C), uint8/uint16/float). ``img_size``
+    (H, W) resizes bilinearly; None keeps the size.
+    """
+    x, _ = _eval_transform(in_channels, normalize, _size(img_size))(image)
+    return x
+
+
+_EVAL_CACHE: dict[tuple, SegTransform] = {}
+
+
+def _eval_transform(in_channels: int, normalize: str, size: tuple[int, int] | None) -> SegTransform:
+    key = (in_channels, normalize, size)
+    if key not in _EVAL_CACHE:
+        _EVAL_CACHE[key] = SegTransform(
+            train=False, img_size=size, in_channels=in_channels, normalize=normalize
+        )
+    return _EVAL_CACHE[key]

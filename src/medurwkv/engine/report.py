@@ -1,0 +1,588 @@
+"""``medurwkv report RUN_DIR``: one self-contained HTML page summarising a training / evaluation run.
+
+Reads what exists of the run directory (every part is optional, so partial runs work)::
+
+    RUN_DIR/config.yaml                    training configuration (shown verbatim)
+    RUN_DIR/metrics.csv                    one row per epoch: epoch, train_loss, val_loss, val_dice, lr,
+                                           epoch_time_s
+    RUN_DIR/eval/<split>/summary.json      MetricAccumulator.summary() (engine/metrics.py)
+    RUN_DIR/eval/<split>/summary.md        its Markdown rendering (shown when summary.json is missing)
+    RUN_DIR/eval/<split>/per_image.csv     per-image rows (histogram of per-image Dice, column dice_mean)
+    RUN_DIR/eval/<split>/cases/{best,median,worst}_<id>.png   overlays (engine/visualize.save_case_thumbnails)
+
+and writes ``RUN_DIR/report.html`` with every figure embedded as a base64 PNG (no external CSS, JS or images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import json
+import math
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SPLIT_ORDER: tuple[str, ...] = ("test", "val", "valid", "validation", "train")
+CASE_KINDS: tuple[str, ...] = ("best", "median", "worst")  # same as visualize.CASE_KINDS (kept import-free)
+OVERLAP = ("dice", "iou", "precision", "recall")
+DISTANCE = ("hd95", "assd")
+
+CSS = """
+body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;background:#f4f5f7;
+color:#1d2330}
+main{max-width:1180px;margin:0 auto;padding:20px 28px 40px}
+h1{font-size:26px;margin:6px 0 2px} h2{font-size:20px;border-bottom:2px solid #d8dce3;padding-bottom:4px;
+margin:30px 0 12px} h3{font-size:16px;margin:18px 0 8px}
+.sub{color:#5b6475;font-size:13px}
+.headline{display:flex;flex-wrap:wrap;gap:16px;margin:16px 0 4px}
+.card{background:#fff;border:1px solid #d8dce3;border-radius:8px;padding:12px 18px;min-width:180px}
+.card .v{font-size:40px;font-weight:700;color:#0b6e4f;line-height:1.1}
+.card.main .v{font-size:52px}
+.card .l{font-size:13px;color:#5b6475}
+.missing{background:#fff8e1;border:1px solid #f0d68a;border-radius:6px;padding:10px 14px;color:#6b5300}
+pre{background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:10px 12px;font-size:12px;
+max-height:420px;overflow:auto;white-space:pre-wrap;word-break:break-word}
+table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0 10px}
+th,td{border:1px solid #d8dce3;padding:4px 10px;text-align:right} th{background:#eceff4}
+td.l,th.l{text-align:left}
+img.fig{max-width:100%;height:auto;background:#fff;border:1px solid #d8dce3;border-radius:6px}
+.cases{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:14px}
+.cases figure{margin:0;background:#fff;border:1px solid #d8dce3;border-radius:6px;padding:8px}
+.cases img{width:100%;height:auto;image-rendering:auto;display:block}
+figcaption{font-size:13px;margin-top:6px;color:#333;word-break:break-all}
+.legend span{display:inline-block;width:12px;height:12px;border-radius:2px;margin:0 4px 0 12px;
+vertical-align:middle} .legend span:first-child{margin-left:0}
+.split{background:#fff;border:1px solid #d8dce3;border-radius:8px;padding:6px 18px 14px;margin:14px 0}
+"""
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return _esc(v)
+    return "n/a" if not math.isfinite(f) else f"{f:.{digits}f}"
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _img(png: bytes, alt: str, cls: str = "fig") -> str:
+    return f'<img class="{cls}" alt="{_esc(alt)}" src="{_data_uri(png)}">'
+
+
+def _missing(text: str) -> str:
+    return f'<p class="missing">{_esc(text)}</p>'
+
+
+def _figure_png(fig: Any) -> bytes:
+    # Figure + Agg canvas directly: no pyplot global state, safe outside the main thread
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def read_training_log(path: Path) -> dict[str, list[float]]:
+    """``metrics.csv`` -> ``{column: values}``: numeric columns, empty cells NaN."""
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        cols: dict[str, list[float]] = {k: [] for k in fields}
+        text = set()  # columns with a non-empty, non-numeric cell (e.g. a note): not plottable
+        for row in reader:
+            for k in fields:
+                v = (row.get(k) or "").strip()
+                try:
+                    cols[k].append(float(v))
+                except ValueError:
+                    cols[k].append(math.nan)
+                    if v:
+                        text.add(k)
+    return {k: v for k, v in cols.items() if k not in text}
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def find_splits(run_dir: str | Path) -> list[Path]:
+    """Evaluated splits: ``RUN_DIR/eval/<split>`` folders with a summary or per-image CSV, test/val first."""
+    ev = Path(run_dir) / "eval"
+    if not ev.is_dir():
+        return []
+    found = [
+        d
+        for d in ev.iterdir()
+        if d.is_dir() and any((d / n).is_file() for n in ("summary.json", "summary.md", "per_image.csv"))
+    ]
+
+    def order(d: Path) -> tuple[int, str]:
+        return (SPLIT_ORDER.index(d.name) if d.name in SPLIT_ORDER else len(SPLIT_ORDER), d.name)
+
+    return sorted(found, key=order)
+
+
+def _load_summary(split_dir: Path) -> dict[str, Any] | None:
+    p = split_dir / "summary.json"
+    if not p.is_file():
+        return None
+    try:
+        s = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return s if isinstance(s, dict) else None
+
+
+def _dice_column(fieldnames: Sequence[str]) -> str | None:
+    if "dice_mean" in fieldnames:
+        return "dice_mean"
+    if "dice" in fieldnames:
+        return "dice"
+    return next((f for f in fieldnames if f.startswith("dice_")), None)
+
+
+def _per_image_dice(split_dir: Path) -> tuple[str, list[float]] | None:
+    p = split_dir / "per_image.csv"
+    if not p.is_file():
+        return None
+    rows = _read_rows(p)
+    col = _dice_column(list(rows[0].keys())) if rows else None
+    if col is None:
+        return None
+    vals = []
+    for r in rows:
+        try:
+            v = float(r[col])
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            vals.append(v)
+    return col, vals
+
+
+def _split_dice(split_dir: Path) -> tuple[float, int | None] | None:
+    s = _load_summary(split_dir)
+    if s is not None:
+        v = (s.get("headline") or {}).get("value")
+        if v is None:
+            v = ((s.get("mean") or {}).get("per_image_mean") or {}).get("dice")
+        if v is not None:
+            return float(v), s.get("n_images")
+    d = _per_image_dice(split_dir)
+    if d and d[1]:
+        return sum(d[1]) / len(d[1]), len(d[1])
+    return None
+
+
+def headline_dice(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's headline Dice: per-image mean Dice of the first evaluated split (test, val, ... order).
+
+    Falls back to the best ``val_dice`` of ``metrics.csv`` when nothing was evaluated. Returns ``{"value",
+    "source", "split", "n_images", "epoch"}`` or ``None``.
+    """
+    run = Path(run_dir)
+    for d in find_splits(run):
+        sd = _split_dice(d)
+        if sd is not None:
+            return {"value": sd[0], "source": "eval", "split": d.name, "n_images": sd[1], "epoch": None}
+    log = run / "metrics.csv"
+    if log.is_file():
+        cols = read_training_log(log)
+        vd = cols.get("val_dice") or []
+        finite = [(v, i) for i, v in enumerate(vd) if math.isfinite(v)]
+        if finite:
+            v, i = max(finite)
+            ep = cols.get("epoch", [])
+            epoch = int(ep[i]) if i < len(ep) and math.isfinite(ep[i]) else i
+            return {"value": v, "source": "training", "split": "val", "n_images": None, "epoch": epoch}
+    return None
+
+
+# ---------------------------------------------------------------- figures
+
+
+def plot_learning_curves(cols: dict[str, list[float]]) -> bytes:
+    """Loss (train / val), validation Dice and learning rate per epoch, as one PNG."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    n = max((len(v) for v in cols.values()), default=0)
+    x = cols.get("epoch") or list(range(n))
+    has_lr = any(math.isfinite(v) and v > 0 for v in cols.get("lr", []))
+    panels = 3 if has_lr else 2
+    fig = Figure(figsize=(4.0 * panels, 3.3), layout="constrained")
+    axes = fig.subplots(1, panels)
+    ax = axes[0]
+    for k, style in (("train_loss", "-o"), ("val_loss", "-s")):
+        if k in cols:
+            ax.plot(x, cols[k], style, ms=3, label=k)
+    for a in axes:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(title="loss", xlabel="epoch")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    dice_cols = [k for k in cols if k.startswith("val_dice")] or [k for k in cols if "dice" in k]
+    for k in dice_cols:
+        finite = [(v, xi) for v, xi in zip(cols[k], x) if math.isfinite(v)]
+        label = k
+        if finite:
+            best, bx = max(finite)
+            label = f"{k} (best {best:.4f} @ {bx:g})"
+        (line,) = ax.plot(x, cols[k], "-o", ms=3, label=label)
+        if finite:
+            # star on the best epoch; the value sits in the legend so no text leaves the axes
+            ax.plot([bx], [best], "*", ms=12, color=line.get_color(), markeredgecolor="black")
+    ax.set(title="validation Dice", xlabel="epoch")
+    if ax.lines:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if has_lr:
+        ax = axes[2]
+        lr = [v if math.isfinite(v) and v > 0 else math.nan for v in cols["lr"]]
+        ax.plot(x, lr, "-", color="tab:purple")
+        ax.set(title="learning rate", xlabel="epoch", yscale="log")
+        ax.grid(alpha=0.3)
+    return _figure_png(fig)
+
+
+def plot_dice_histogram(values: Sequence[float], title: str) -> bytes:
+    """Histogram of per-image Dice in [0, 1] with the mean and median marked."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    v = np.asarray(values, dtype=float)
+    fig = Figure(figsize=(6.0, 3.0), layout="constrained")
+    ax = fig.subplots()
+    lo = min(0.0, float(v.min())) if v.size else 0.0
+    ax.hist(v, bins=np.linspace(lo, 1.0, 26), color="#3b7dd8", edgecolor="white")
+    if v.size:
+        ax.axvline(v.mean(), color="#0b6e4f", lw=2, label=f"mean {v.mean():.4f}")
+        ax.axvline(float(np.median(v)), color="#d8613b", lw=2, ls="--", label=f"median {np.median(v):.4f}")
+        ax.legend(fontsize=8, loc="upper left")
+    ax.set(title=title, xlabel="per-image Dice", ylabel="images")
+    ax.grid(alpha=0.3)
+    return _figure_png(fig)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _section_config(run: Path) -> str:
+    p = run / "config.yaml"
+    out = ["<h2 id='config'>Configuration</h2>"]
+    if not p.is_file():
+        return out[0] + _missing("no config.yaml in the run directory")
+    text = p.read_text(errors="replace")
+    facts = []
+    try:
+        import yaml
+
+        cfg = yaml.safe_load(text)
+    except Exception:  # a broken config must not break the report; show it verbatim
+        cfg = None
+    if isinstance(cfg, dict):
+        for key in (
+            "model",
+            "pretrained",
+            "data",
+            "dataset",
+            "img_size",
+            "epochs",
+            "batch_size",
+            "lr",
+            "loss",
+            "seed",
+        ):
+            v = cfg.get(key)
+            short_list = (
+                isinstance(v, list) and len(v) <= 4 and all(not isinstance(e, (dict, list)) for e in v)
+            )
+            if (key in cfg and not isinstance(v, (dict, list))) or short_list:
+                facts.append((key, v))
+            elif key in cfg and isinstance(cfg[key], dict) and "name" in cfg[key]:
+                facts.append((f"{key}.name", cfg[key]["name"]))
+    if facts:
+        out.append("<table><tr>" + "".join(f"<th class='l'>{_esc(k)}</th>" for k, _ in facts) + "</tr><tr>")
+        out.append("".join(f"<td class='l'>{_esc(v)}</td>" for _, v in facts) + "</tr></table>")
+    out.append(f"<pre>{_esc(text)}</pre>")
+    return "".join(out)
+
+
+def _section_training(run: Path) -> str:
+    out = ["<h2 id='training'>Learning curves</h2>"]
+    p = run / "metrics.csv"
+    if not p.is_file():
+        return out[0] + _missing("no metrics.csv yet: training has not logged an epoch")
+    cols = read_training_log(p)
+    n = max((len(v) for v in cols.values()), default=0)
+    if n == 0:
+        return out[0] + _missing("metrics.csv has no epochs yet")
+    ep = cols.get("epoch", [float(i) for i in range(n)])
+    facts = [("epochs logged", str(n)), ("last epoch", _fmt(ep[-1], 0))]
+    vd = cols.get("val_dice", [])
+    finite = [(v, i) for i, v in enumerate(vd) if math.isfinite(v)]
+    if finite:
+        best, i = max(finite)
+        facts.append(("best val_dice", f"{best:.4f} (epoch {_fmt(ep[i], 0)})"))
+    for k in ("train_loss", "val_loss"):
+        if cols.get(k):
+            facts.append((f"last {k}", _fmt(cols[k][-1])))
+    t = [v for v in cols.get("epoch_time_s", []) if math.isfinite(v)]
+    if t:
+        facts.append(("training time", f"{sum(t) / 60:.1f} min ({sum(t) / len(t):.1f} s/epoch)"))
+    out.append("<table><tr>" + "".join(f"<th>{_esc(k)}</th>" for k, _ in facts) + "</tr><tr>")
+    out.append("".join(f"<td>{_esc(v)}</td>" for _, v in facts) + "</tr></table>")
+    out.append(_img(plot_learning_curves(cols), "learning curves"))
+    return "".join(out)
+
+
+def _summary_table(s: dict[str, Any]) -> str:
+    unit = s.get("distance_unit", "px")
+    groups: list[tuple[str, dict[str, Any]]] = []
+    classes = s.get("classes") or {}
+    if isinstance(s.get("mean"), dict) and len(classes) != 1:
+        groups.append(("mean", s["mean"]))
+    groups += [(k, v) for k, v in classes.items() if isinstance(v, dict)]
+    head = (
+        "<tr><th class='l'>class</th><th class='l'>metric</th><th>per-image mean ± std</th>"
+        "<th>per-image median</th><th>pooled</th><th class='l'>unit</th><th>undefined</th></tr>"
+    )
+    rows = []
+    for name, g in groups:
+        mean, std = g.get("per_image_mean") or {}, g.get("per_image_std") or {}
+        med, pooled, undef = (
+            g.get("per_image_median") or {},
+            g.get("pooled") or {},
+            g.get("n_undefined") or {},
+        )
+        for m in OVERLAP + DISTANCE:
+            if m not in mean:
+                continue
+            rows.append(
+                f"<tr><td class='l'>{_esc(name)}</td><td class='l'>{m}</td>"
+                f"<td>{_fmt(mean.get(m))} ± {_fmt(std.get(m))}</td><td>{_fmt(med.get(m))}</td>"
+                f"<td>{_fmt(pooled.get(m)) if m in OVERLAP else '—'}</td>"
+                f"<td class='l'>{_esc(unit) if m in DISTANCE else '—'}</td>"
+                f"<td>{_esc(undef.get(m, 0)) if m in DISTANCE else '—'}</td></tr>"
+            )
+    note = (
+        "<p class='sub'>per-image: metric per image, then mean ± std (ddof=0) over images; pooled: TP/FP/FN "
+        "summed over all pixels of the split first (row <i>mean</i>: average of the per-class pooled values)."
+        " "
+        "Undefined distances (exactly one of prediction / ground truth empty) are left out and counted.</p>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>{note}"
+
+
+def _section_split(split_dir: Path) -> str:
+    name = split_dir.name
+    out = [f"<div class='split'><h3 id='split-{_esc(name)}'>Split: {_esc(name)}</h3>"]
+    s = _load_summary(split_dir)
+    sd = _split_dice(split_dir)
+    if sd is not None:
+        n = f" over {sd[1]} images" if sd[1] is not None else ""
+        out.append(f"<p><b>Dice (per-image mean{n}): <span class='dice'>{sd[0]:.4f}</span></b></p>")
+    if s is not None:
+        extra = {
+            k: v
+            for k, v in s.items()
+            if not isinstance(v, (dict, list))
+            and k not in {"format", "hd95_definition", "std_ddof", "include_background"}
+        }
+        if extra:
+            out.append(
+                "<p class='sub'>" + " · ".join(f"{_esc(k)}: {_esc(v)}" for k, v in extra.items()) + "</p>"
+            )
+        ev = s.get("evaluation")
+        if isinstance(ev, dict):
+            # evaluate's provenance block (checkpoint, data, split, inference mode, ...)
+            items = [(k, v) for k, v in ev.items() if v is not None and not isinstance(v, (dict, list))]
+            if items:
+                out.append(
+                    "<p class='sub'><b>evaluation</b> — "
+                    + " · ".join(f"{_esc(k)}: {_esc(v)}" for k, v in items)
+                    + "</p>"
+                )
+        out.append(_summary_table(s))
+    elif (split_dir / "summary.md").is_file():
+        out.append(f"<pre>{_esc((split_dir / 'summary.md').read_text(errors='replace'))}</pre>")
+    else:
+        out.append(_missing("no summary.json / summary.md for this split"))
+    d = _per_image_dice(split_dir)
+    if d and d[1]:
+        out.append(
+            _img(plot_dice_histogram(d[1], f"{name}: per-image Dice ({d[0]}, n={len(d[1])})"), "histogram")
+        )
+    cases = _find_cases(split_dir / "cases")
+    out.append("<h3>Best, median and worst cases</h3>")
+    if cases:
+        out.append(
+            "<p class='sub legend'><span style='background:#ff2828'></span>prediction (class 1)"
+            "<span style='background:#00e63c'></span>ground truth outline (class 1) &nbsp;·&nbsp; further "
+            "classes: orange / magenta (prediction), cyan / blue (ground truth); ranked by per-image Dice</p>"
+            "<div class='cases'>"
+        )
+        for kind, cid, png in cases:
+            row = _case_row(split_dir, cid)
+            score = f" — Dice {_fmt(row)}" if row is not None else ""
+            out.append(f"<figure>{_img(png, f'{kind} {cid}', 'case')}<figcaption><b>{kind}</b>: {_esc(cid)}")
+            out.append(f"{_esc(score)}</figcaption></figure>")
+        out.append("</div>")
+    else:
+        out.append(_missing("no overlay thumbnails (cases/best_*.png, median_*.png, worst_*.png)"))
+    out.append("</div>")
+    return "".join(out)
+
+
+def _find_cases(cases_dir: Path) -> list[tuple[str, str, bytes]]:
+    found = []
+    if not cases_dir.is_dir():
+        return found
+    for kind in CASE_KINDS:
+        for p in sorted(cases_dir.glob(f"{kind}_*.png")):
+            found.append((kind, p.stem[len(kind) + 1 :], p.read_bytes()))
+    return found
+
+
+def _case_row(split_dir: Path, safe_case_id: str) -> float | None:
+    """Dice of a case, matched by the file-name-safe id (visualize.safe_id) in per_image.csv."""
+    from medurwkv.engine.visualize import safe_id
+
+    p = split_dir / "per_image.csv"
+    if not p.is_file():
+        return None
+    rows = _read_rows(p)
+    col = _dice_column(list(rows[0].keys())) if rows else None
+    if col is None:
+        return None
+    for r in rows:
+        rid = str(r.get("id", ""))
+        if rid == safe_case_id or safe_id(rid) == safe_case_id:
+            try:
+                return float(r[col])
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def _section_eval(run: Path) -> str:
+    splits = find_splits(run)
+    head = "<h2 id='evaluation'>Evaluation</h2>"
+    if not splits:
+        return head + _missing("not evaluated yet: run `medurwkv evaluate` to fill RUN_DIR/eval/<split>/")
+    return head + "".join(_section_split(d) for d in splits)
+
+
+def _headline_cards(run: Path) -> str:
+    cards = []
+    for i, d in enumerate(find_splits(run)):
+        sd = _split_dice(d)
+        if sd is None:
+            continue
+        n = f", {sd[1]} images" if sd[1] is not None else ""
+        cls = "card main" if i == 0 else "card"
+        cards.append(
+            f"<div class='{cls}'><div class='l'>Dice · {_esc(d.name)} (per-image mean{n})</div>"
+            f"<div class='v' id='dice-{_esc(d.name)}'>{sd[0]:.4f}</div></div>"
+        )
+    if not cards:
+        h = headline_dice(run)
+        if h is not None:
+            cards.append(
+                "<div class='card'><div class='l'>best validation Dice during training "
+                f"(epoch {h['epoch']}); not evaluated yet</div>"
+                f"<div class='v' id='dice-training'>{h['value']:.4f}</div></div>"
+            )
+        else:
+            cards.append("<div class='card'><div class='l'>Dice</div><div class='v'>—</div></div>")
+    return f"<div class='headline'>{''.join(cards)}</div>"
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
+    """Write a standalone HTML report of ``run_dir`` (default ``RUN_DIR/report.html``), return its path."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ValueError(f"expected a run directory, got {str(run)!r} which is not a directory")
+    try:
+        from medurwkv import __version__ as version
+    except Exception:  # the report must build even from a partial checkout
+        version = "unknown"
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    name = title or run.resolve().name
+    body = [
+        f"<h1>medurwkv run report: {_esc(name)}</h1>",
+        f"<div class='sub'>{_esc(run.resolve())} · generated {now} · medurwkv {_esc(version)}</div>",
+        _headline_cards(run),
+        _section_eval(run),
+        _section_training(run),
+        _section_config(run),
+    ]
+    doc = (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{_esc(name)} — medurwkv report</title><style>{CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>\n"
+    )
+    path = Path(out) if out is not None else run / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(doc, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``medurwkv report RUN_DIR [--out PATH]``."""
+    p = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report of a run",
+        description="Write RUN_DIR/report.html: headline Dice, metrics of every evaluated split, per-image "
+        "Dice histogram, best/median/worst overlays, learning curves and the config. Works on partial runs.",
+    )
+    p.add_argument("run_dir", type=Path, help="run directory (contains config.yaml, metrics.csv, eval/)")
+    p.add_argument("--out", type=Path, default=None, help="output HTML path (default RUN_DIR/report.html)")
+    p.add_argument("--title", default=None, help="page title (default: the run directory name)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """CLI entry: build the report, print its path and the headline Dice; exit 0, or 2 on a bad RUN_DIR."""
+    try:
+        path = build_report(args.run_dir, args.out, title=getattr(args, "title", None))
+    except ValueError as e:
+        print(f"medurwkv report: {e}", file=sys.stderr)
+        return 2
+    h = headline_dice(args.run_dir)
+    if h is None:
+        print("headline Dice: n/a (no evaluation and no val_dice in metrics.csv)")
+    elif h["source"] == "eval":
+        n = f" over {h['n_images']} images" if h["n_images"] is not None else ""
+        print(f"headline Dice ({h['split']}, per-image mean{n}): {h['value']:.4f}")
+    else:
+        ep = h["epoch"]
+        print(f"headline Dice (best val_dice during training, epoch {ep}; not evaluated): {h['value']:.4f}")
+    print(f"report: {path}")
+    return 0

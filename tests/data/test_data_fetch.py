@@ -1,0 +1,83 @@
+"""fetch_hc18 against a local HTTP server on 127.0.0.1 (never the internet)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+from data_synth import save
+from scipy import ndimage as ndi
+
+from medurwkv.data import discover, fetch_hc18
+from medurwkv.data.prepare import download
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """Serve tmp_path/www on an ephemeral localhost port; yields the base URL and the folder."""
+    for var in ("no_proxy", "NO_PROXY"):  # a configured HTTP proxy must not intercept localhost
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None  # keep pytest output clean
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", www
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _tiny_hc18_zip(www, tmp_path):
+    yy, xx = np.mgrid[0:40, 0:50]
+    filled = ((yy - 20) / 10) ** 2 + ((xx - 25) / 14) ** 2 <= 1
+    outline = filled & ~ndi.binary_erosion(filled)
+    save(tmp_path / "ts" / "007_HC.png", np.full((40, 50), 100, np.uint8))
+    save(tmp_path / "ts" / "007_HC_Annotation.png", outline.astype(np.uint8) * 255)
+    archive = www / "training_set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in (tmp_path / "ts").iterdir():
+            zf.write(p, f"training_set/{p.name}")
+    (www / "training_set_pixel_size_and_HC.csv").write_text(
+        "filename,pixel size(mm),head circumference (mm)\n007_HC.png,0.125,40.5\n"
+    )
+    return hashlib.sha256(archive.read_bytes()).hexdigest(), filled
+
+
+def test_fetch_hc18_downloads_verifies_and_prepares(server, tmp_path):
+    base, www = server
+    sha, filled = _tiny_hc18_zip(www, tmp_path)
+    keep = tmp_path / "downloads"
+    dst = fetch_hc18(
+        tmp_path / "hc18",
+        url=f"{base}/training_set.zip",
+        sha256=sha,
+        csv_url=f"{base}/training_set_pixel_size_and_HC.csv",
+        download_dir=keep,
+        progress=False,
+    )
+    index = discover(dst)
+    assert index.ids == ["007_HC"] and index.spacing["007_HC"] == 0.125
+    np.testing.assert_array_equal(index.load_mask("007_HC").astype(bool), filled)
+    assert (keep / "training_set.zip").is_file() and not list(keep.glob("*.part"))
+
+
+def test_fetch_rejects_wrong_checksum_and_missing_files(server, tmp_path):
+    base, www = server
+    _tiny_hc18_zip(www, tmp_path)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        fetch_hc18(
+            tmp_path / "a", url=f"{base}/training_set.zip", sha256="0" * 64, csv_url=None, progress=False
+        )
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(OSError, match="404"):
+        download(f"{base}/nothing.zip", tmp_path / "x.zip", progress=False)
+    assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.zip.part").exists()
