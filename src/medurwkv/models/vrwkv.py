@@ -18,9 +18,17 @@ from .registry import PretrainedCfg, register_model
 __all__ = ["VRWKV", "resize_pos_embed", "VRWKV_CONFIGS"]
 
 
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
 def resize_pos_embed(pos_embed: Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str = "bicubic") -> Tensor:
-    """Resize a (1, h*w, C) positional grid to (1, H*W, C); a no-op when the grids are equal (mmcls semantics)."""
-    if tuple(src_hw) == tuple(dst_hw):
+    """Resize a (1, h*w, C) positional grid to (1, H*W, C); a no-op when the grids are equal (mmcls semantics).
+
+    While tracing/exporting the resize always runs: a same-size bicubic resize (align_corners=False) is an exact
+    identity, and skipping it would bake the export size's shortcut into the graph.
+    """
+    if tuple(src_hw) == tuple(dst_hw) and not _tracing():
         return pos_embed
     C = pos_embed.shape[-1]
     grid = pos_embed.reshape(1, src_hw[0], src_hw[1], C).permute(0, 3, 1, 2)  # (1, C, h, w)
