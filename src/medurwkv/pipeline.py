@@ -142,8 +142,8 @@ def run_demo(config: DemoConfig | None = None, **overrides: Any) -> DemoResult:
 
     test_summary = result.eval.get("test") if isinstance(result.eval, dict) else None
     test_dice = None
-    if isinstance(test_summary, dict):
-        test_dice = test_summary.get("headline")
+    if isinstance(test_summary, dict):  # per-image mean Dice over the foreground classes
+        test_dice = float(test_summary["headline"]["value"])
     print(f"[4/5] evaluated best.pt on the held-out exams: {run_dir / 'eval' / 'test'}")
 
     test_ids = split.ids("test")

@@ -17,7 +17,7 @@ from torch import nn
 from medurwkv import create_model
 from medurwkv.data.split import make_split, save_split
 from medurwkv.engine.checkpoint import save_checkpoint
-from medurwkv.engine.evaluate import evaluate
+from medurwkv.engine.evaluation import evaluate
 from medurwkv.engine.metrics import image_metrics
 from medurwkv.engine.predict import Segmenter
 
@@ -103,7 +103,7 @@ def cli(argv: list[str]) -> int:
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("medurwkv."):
             raise
-        from medurwkv.engine import evaluate as evaluate_mod
+        from medurwkv.engine import evaluation as evaluate_mod
 
         parser = argparse.ArgumentParser(prog="medurwkv")
         evaluate_mod.add_parser(parser.add_subparsers(dest="command"))

@@ -192,11 +192,11 @@ def cli(argv: list[str]) -> int:
     except ModuleNotFoundError as e:
         if not (e.name or "").startswith("medurwkv."):
             raise
-        from medurwkv.engine import evaluate, export, predict
+        from medurwkv.engine import evaluation, export, predict
 
         parser = argparse.ArgumentParser(prog="medurwkv")
         sub = parser.add_subparsers(dest="command")
-        for mod in (predict, evaluate, export):
+        for mod in (predict, evaluation, export):
             mod.add_parser(sub)
         args = parser.parse_args(argv)
         return int(args.func(args))

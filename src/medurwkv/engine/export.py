@@ -177,16 +177,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """``medurwkv export``: 0 on success, 1 when export or verification fails, 2 for bad arguments."""
-    torch.set_grad_enabled(False)
     try:
-        rep = export_checkpoint(
-            args.ckpt,
-            args.out,
-            size=tuple(args.size) if args.size else None,
-            opset=args.opset,
-            dynamic=not args.static,
-            atol=args.atol,
-        )
+        with torch.no_grad():  # scoped: the CLI runs in-process too (tests, notebooks)
+            rep = export_checkpoint(
+                args.ckpt,
+                args.out,
+                size=tuple(args.size) if args.size else None,
+                opset=args.opset,
+                dynamic=not args.static,
+                atol=args.atol,
+            )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

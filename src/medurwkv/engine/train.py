@@ -8,7 +8,7 @@ One run folder holds everything a run produces::
     RUN_DIR/metrics.csv      one row per epoch (epoch, train_loss, val_loss, val_dice, lr, epoch_time_s, ...)
     RUN_DIR/train.log        what was printed
     RUN_DIR/tb/              TensorBoard event files
-    RUN_DIR/eval/<split>/    evaluation of best.pt after training (engine/evaluate.py)
+    RUN_DIR/eval/<split>/    evaluation of best.pt after training (engine/evaluation.py)
     RUN_DIR/report.html      the run report (engine/report.py)
 
 Recipe (``spec/med-urwkv.md`` §3; ``docs/training.md`` says which defaults are the paper's, which ours):
@@ -953,9 +953,9 @@ def _final_evaluation(
         log("evaluation skipped: no best.pt")
         return results, None
     try:
-        from . import evaluate as evaluate_mod
+        from . import evaluation as evaluate_mod
     except ImportError as e:
-        log(f"evaluation skipped: medurwkv.engine.evaluate is not available ({e})")
+        log(f"evaluation skipped: medurwkv.engine.evaluation is not available ({e})")
         evaluate_mod = None
     if evaluate_mod is not None:
         for name in ("val", "test"):
