@@ -25,10 +25,11 @@ import torch
 from torch import Tensor
 
 from ._wkv_chunked import bi_wkv_chunked
+from ._wkv_scan import bi_wkv_scan
 
 __all__ = ["bi_wkv", "bi_wkv_naive"]
 
-_IMPLS = ("auto", "naive", "chunked")
+_IMPLS = ("auto", "naive", "chunked", "scan")
 
 # Naive reference: elements of each (B, rows, T, C_block) temporary (bounds its memory).
 _NAIVE_BLOCK_ELEMS = 1 << 18
@@ -48,11 +49,14 @@ def _validate(
         raise ValueError(
             f"expected k of shape (B, T, C), got shape {tuple(k.shape)}; flatten the token grid to (B, H*W, C)"
         )
-    if v.shape != k.shape:
+    # Under torch.jit.trace (legacy ONNX export) every size is a traced tensor and comparing sizes would only
+    # emit TracerWarnings (the check already ran eagerly when the model was tested): check the ranks only.
+    tracing = torch.jit.is_tracing()
+    if (v.ndim != 3) if tracing else (v.shape != k.shape):
         raise ValueError(f"expected v of the same shape as k {tuple(k.shape)}, got {tuple(v.shape)}")
     C = k.shape[-1]
     for name, x in (("w", w), ("u", u)):
-        if x.ndim != 1 or x.shape[0] != C:
+        if x.ndim != 1 or (not tracing and x.shape[0] != C):
             raise ValueError(
                 f"expected {name} of shape (C,) = ({C},) matching k.shape[-1], got shape {tuple(x.shape)}; "
                 "pass the per-channel parameter divided by T as a 1-D tensor"
@@ -71,6 +75,11 @@ def _validate(
         raise ValueError(f"expected token_split to be None or an int >= 1, got {token_split!r}")
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
         raise ValueError(f"expected eps to be a finite float >= 0, got {eps!r}")
+
+
+def _is_exporting() -> bool:
+    """True while torch.onnx / torch.export / torch.jit.trace records a graph (``impl="auto"`` then picks "scan")."""
+    return torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def _chunk_len(T: int, token_split: int | None) -> int:
@@ -157,8 +166,12 @@ def bi_wkv(
         token_split: the kernel's chunk count (32 for the ImageNet checkpoints, 16 for the ADE20K adapter
             checkpoints); ``None`` computes the artefact-free "ideal" form (one token per chunk).
         eps: the kernel's EPS, added to the stabilised denominator (``den + eps·e^{no_t}``); 1e-6 or 0.
-        impl: ``"chunked"`` (fast O(T) path with a hand-written backward), ``"naive"`` (O(T²) reference,
-            differentiated by autograd) or ``"auto"`` (= ``"chunked"``).
+        impl: ``"chunked"`` (fast O(T) path with a hand-written backward; uses a custom autograd Function and
+            Python loops sized by T, so it cannot be exported), ``"scan"`` (O(T) export-friendly path: plain
+            differentiable tensor ops, shapes derived symbolically from ``k.shape``, so one ONNX graph serves
+            every T; slower than "chunked"), ``"naive"`` (O(T²) reference, differentiated by autograd) or
+            ``"auto"``: ``"scan"`` while a graph is being recorded (``torch.onnx.is_in_onnx_export()``,
+            ``torch.compiler.is_exporting()`` or ``torch.jit.is_tracing()``), else ``"chunked"``.
 
     Returns:
         (B, T, C) tensor in the dtype of ``v``. The computation runs in float32 (float64 if any input is
@@ -167,25 +180,30 @@ def bi_wkv(
     Gradients: first order, for all four inputs. The kernel's stabiliser ``no_t`` is held constant, exactly as
     in the reference gradients (this is exact for ``eps = 0``).
 
-    Numerical stability (both implementations): keys are shifted by their per-(b, c) maximum, so any key range
+    Numerical stability (all implementations): keys are shifted by their per-(b, c) maximum, so any key range
     is safe. The chunked path multiplies by e^{±w} per step like the kernel, so its intermediate sums stay
-    within e^{|w|·T} of the true ones: safe for |w|·T up to about 60 in float32. The official init has
+    within e^{|w|·T} of the true ones: safe for |w|·T up to about 60 in float32; the scan path uses position
+    factors up to e^{|w|·T} directly: safe for |w|·T up to about 40 in float32. The official init has
     |w|·T <= 5; the tests cover ±10, T up to 65 536 and key ranges > 100. With ``token_split`` < ~8 and a
     large |w|·T, the kernel formula itself is ill-conditioned: its in-chunk "ghost" terms cancel part of the
-    denominator. Neither implementation can fix that.
+    denominator. No implementation can fix that.
 
     Raises:
         ValueError: on wrong shapes, non-floating dtypes, mixed devices, unknown ``impl``, ``token_split < 1``
             or a negative ``eps``.
     """
     _validate(w, u, k, v, token_split, eps, impl)
-    if k.numel() == 0:
+    if not torch.jit.is_tracing() and k.numel() == 0:  # (a traced numel() would only emit a TracerWarning)
         return torch.zeros_like(v)
     cdt = torch.float64 if torch.float64 in {w.dtype, u.dtype, k.dtype, v.dtype} else torch.float32
     w_, u_, k_, v_ = (x.to(cdt) for x in (w, u, k, v))
     ts = None if token_split is None else int(token_split)
+    if impl == "auto":
+        impl = "scan" if _is_exporting() else "chunked"
     if impl == "naive":
         y = bi_wkv_naive(w_, u_, k_, v_, ts, float(eps))
+    elif impl == "scan":
+        y = bi_wkv_scan(w_, u_, k_, v_, ts, float(eps))
     else:
         y = bi_wkv_chunked(w_, u_, k_, v_, ts, float(eps))
     return y.to(v.dtype)
