@@ -30,8 +30,8 @@ class DemoConfig:
     download: bool = False
     model: str = "med_urwkv_t"
     pretrained: bool | str = False
-    img_size: int = 128
-    epochs: int = 6
+    img_size: int = 96
+    epochs: int = 4
     batch_size: int = 8
     limit: int | None = None  # images per split (smoke runs)
     max_train_batches: int | None = None

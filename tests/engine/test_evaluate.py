@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -15,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from medurwkv import create_model
+from medurwkv.cli import main as cli
 from medurwkv.data.split import make_split, save_split
 from medurwkv.engine.checkpoint import save_checkpoint
 from medurwkv.engine.evaluation import evaluate
@@ -92,24 +92,6 @@ def tiny_unet_run(run: Path, **state) -> Path:
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("model: unet\n")
     return save_checkpoint(run / "best.pt", model, preprocess=pre, epoch=2, **state)
-
-
-def cli(argv: list[str]) -> int:
-    """``medurwkv.cli.main`` once every command module imports; until then this module's own parser."""
-    from medurwkv import cli as cli_mod
-
-    try:
-        cli_mod.build_parser()
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("medurwkv."):
-            raise
-        from medurwkv.engine import evaluation as evaluate_mod
-
-        parser = argparse.ArgumentParser(prog="medurwkv")
-        evaluate_mod.add_parser(parser.add_subparsers(dest="command"))
-        args = parser.parse_args(argv)
-        return int(args.func(args))
-    return cli_mod.main(argv)
 
 
 def test_metrics_match_direct_computation(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -14,28 +13,9 @@ from PIL import Image
 from torch import nn
 
 from medurwkv import create_model
+from medurwkv.cli import main as cli
 from medurwkv.engine.checkpoint import save_checkpoint
 from medurwkv.engine.predict import ONNX_METADATA_KEY, Segmenter, read_onnx_metadata
-
-
-def cli(argv: list[str]) -> int:
-    """``medurwkv.cli.main`` once every command module imports; until then this module's own parser."""
-    from medurwkv import cli as cli_mod
-
-    try:
-        cli_mod.build_parser()
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("medurwkv."):
-            raise
-        from medurwkv.engine import export, predict
-
-        parser = argparse.ArgumentParser(prog="medurwkv")
-        sub = parser.add_subparsers(dest="command")
-        for mod in (predict, export):
-            mod.add_parser(sub)
-        args = parser.parse_args(argv)
-        return int(args.func(args))
-    return cli_mod.main(argv)
 
 
 def tiny_ckpt(path: Path, *, in_channels: int = 3, img_size=(24, 20)) -> Path:

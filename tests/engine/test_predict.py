@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from medurwkv import create_model
+from medurwkv.cli import main as cli
 from medurwkv.data.transforms import preprocess_image
 from medurwkv.engine.checkpoint import save_checkpoint
 from medurwkv.engine.predict import Segmenter, collect_inputs, predict_paths
@@ -181,26 +181,6 @@ def test_channel_mismatch_names_the_image(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------------------
 # predict_paths and the CLI
-
-
-def cli(argv: list[str]) -> int:
-    """``medurwkv.cli.main`` once every command module imports; until then this module's own parser."""
-    from medurwkv import cli as cli_mod
-
-    try:
-        cli_mod.build_parser()
-    except ModuleNotFoundError as e:
-        if not (e.name or "").startswith("medurwkv."):
-            raise
-        from medurwkv.engine import evaluation, export, predict
-
-        parser = argparse.ArgumentParser(prog="medurwkv")
-        sub = parser.add_subparsers(dest="command")
-        for mod in (predict, evaluation, export):
-            mod.add_parser(sub)
-        args = parser.parse_args(argv)
-        return int(args.func(args))
-    return cli_mod.main(argv)
 
 
 def write_inputs(folder: Path) -> dict[str, np.ndarray]:
