@@ -15,7 +15,7 @@ from . import __version__
 _COMMAND_MODULES = (
     "medurwkv.data.commands",  # data check | split | prepare
     "medurwkv.engine.train",  # train
-    "medurwkv.engine.evaluate",  # evaluate
+    "medurwkv.engine.evaluation",  # evaluate
     "medurwkv.engine.predict",  # predict
     "medurwkv.engine.export",  # export
     "medurwkv.engine.report",  # report
