@@ -13,10 +13,12 @@ CASES = [("vrwkv_mini_pre.pt", 5e-5), ("vrwkv_mini_post.pt", 1e-4)]
 
 def build_from_pack(pack: dict) -> VRWKV:
     cfg = dict(pack["config"])
-    model = VRWKV(
-        **cfg, wkv_token_split=pack["kernel"]["token_split"], wkv_eps=pack["kernel"]["eps"]
-    )
-    sd = {k.removeprefix("backbone."): v for k, v in pack["checkpoint"]["state_dict"].items() if k.startswith("backbone.")}
+    model = VRWKV(**cfg, wkv_token_split=pack["kernel"]["token_split"], wkv_eps=pack["kernel"]["eps"])
+    sd = {
+        k.removeprefix("backbone."): v
+        for k, v in pack["checkpoint"]["state_dict"].items()
+        if k.startswith("backbone.")
+    }
     missing, unexpected = model.load_state_dict(sd, strict=True)
     assert not missing and not unexpected
     return model.eval()

@@ -73,7 +73,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                 path = path / name
                 break
         else:
-            raise FileNotFoundError(f"expected a checkpoint file or a run folder with best.pt/last.pt, got {path}")
+            raise FileNotFoundError(
+                f"expected a checkpoint file or a run folder with best.pt/last.pt, got {path}"
+            )
     if not path.is_file():
         raise FileNotFoundError(f"expected a checkpoint file, got {path} which does not exist")
     try:

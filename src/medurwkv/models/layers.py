@@ -17,7 +17,9 @@ from ..ops import bi_wkv
 __all__ = ["q_shift", "DropPath", "PatchEmbed", "SpatialMix", "ChannelMix", "Block"]
 
 
-def q_shift(x: Tensor, patch_resolution: tuple[int, int], shift_pixel: int = 1, gamma: float = 0.25) -> Tensor:
+def q_shift(
+    x: Tensor, patch_resolution: tuple[int, int], shift_pixel: int = 1, gamma: float = 0.25
+) -> Tensor:
     """Quad-directional token shift with zero fill (official ``q_shift``).
 
     Channel quarter 0 moves right, 1 left, 2 down, 3 up by ``shift_pixel``; the rest is unchanged.

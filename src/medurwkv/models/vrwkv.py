@@ -22,7 +22,9 @@ def _tracing() -> bool:
     return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
-def resize_pos_embed(pos_embed: Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str = "bicubic") -> Tensor:
+def resize_pos_embed(
+    pos_embed: Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str = "bicubic"
+) -> Tensor:
     """Resize a (1, h*w, C) positional grid to (1, H*W, C); a no-op when the grids are equal (mmcls semantics).
 
     While tracing/exporting the resize always runs: a same-size bicubic resize (align_corners=False) is an exact
@@ -73,7 +75,9 @@ class VRWKV(nn.Module):
         self.init_out_size = (img_size // patch_size, img_size // patch_size)
         self.out_indices = self._normalize_indices(out_indices)
         # Registration order = official state_dict order: pos_embed first.
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.init_out_size[0] * self.init_out_size[1], embed_dims))
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.init_out_size[0] * self.init_out_size[1], embed_dims)
+        )
         self.patch_embed = PatchEmbed(in_channels, embed_dims, patch_size)
         self.drop_after_pos = nn.Dropout(drop_rate)
         # Linear stochastic-depth schedule, as torch.linspace(0, rate, depth) (computed in Python: meta-device safe).
