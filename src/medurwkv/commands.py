@@ -91,10 +91,12 @@ def _run_models(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
         return 1
-    print(f"{'name':<22} {'params':>9}  {'pretrained source':<50} description")
+    print(f"{'name':<22} {'params':>9}  {'pretrained source':<50} {'wkv':<9} description")
     for r in rows:
         p = f"{r['params'] / 1e6:.2f}M" if r["params"] is not None else "?"
-        print(f"{r['name']:<22} {p:>9}  {r['pretrained'] or '-':<50} {r['description']}")
+        print(
+            f"{r['name']:<22} {p:>9}  {r['pretrained'] or '-':<50} {r['wkv_constants'] or '-':<9} {r['description']}"
+        )
     return 0
 
 

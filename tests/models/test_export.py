@@ -41,7 +41,7 @@ def test_static_export_matches_pytorch(name, tmp_path):
     path = tmp_path / f"{name}.onnx"
     report = export_onnx(model, path, sample_shape=(1, 3, 64, 96), dynamic=False)
     assert report["ok"] and report["max_abs_diff"] <= 1e-4
-    assert report["bi_wkv"] == "naive" and path.is_file()
+    assert report["bi_wkv"] == "scan" and path.is_file()
     # A fresh input of the exported (odd-free) shape: still within 1e-4; the model is back in its old mode.
     x = torch.randn(1, 3, 64, 96)
     model.eval()

@@ -107,9 +107,26 @@ def export_checkpoint(
     fd, raw = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".raw.onnx", dir=out.parent)
     os.close(fd)
     try:
-        report = export_onnx(
-            model, raw, sample_shape=(1, in_ch, h, w), dynamic=dynamic, opset=opset, verify=True, atol=atol
-        )
+        try:
+            report = export_onnx(
+                model,
+                raw,
+                sample_shape=(1, in_ch, h, w),
+                dynamic=dynamic,
+                opset=opset,
+                verify=True,
+                atol=atol,
+            )
+        except RuntimeError as e:
+            if not (dynamic and "size-dynamic" in str(e)):
+                raise
+            # Models whose graph bakes sizes (the adapter's deformable-attention levels) export at a fixed size;
+            # predict then resizes to it or slides windows of it.
+            print(f"note: {e}; exporting at the fixed size {h}x{w} instead", file=sys.stderr)
+            dynamic = False
+            report = export_onnx(
+                model, raw, sample_shape=(1, in_ch, h, w), dynamic=False, opset=opset, verify=True, atol=atol
+            )
         meta = {
             "format": ONNX_METADATA_FORMAT,
             "version": ck.get("version"),

@@ -6,26 +6,18 @@ difference to PyTorch.
 
 How the Bi-WKV operator is exported (findings with torch 2.13, see ``docs/models.md``):
 
-* the fast chunked implementation (``medurwkv.ops._wkv_chunked``) does not export usably: the TorchScript
-  exporter fails on its shape arithmetic (``divmod`` of a traced size), ``aten::expm1`` (chunks of more than one
-  token) has no TorchScript ONNX symbolic at opset 17, and ``aten::cummax`` (its EPS stabiliser, ``eps > 0``)
-  has no ONNX equivalent in either exporter; the dynamo exporter translates it but took ~18 min for a tiny
-  model (thousands of nodes per call);
-* so during export every VRWKV block calls ``bi_wkv(..., impl="naive")``, the exact O(T²) reference of the same
-  arithmetic, traced as a single channel block. Its ONNX graph costs O(B·T²·C) memory: fine for small and
-  medium inputs, not for large ones (it is the graph, not the PyTorch model, that is quadratic).
-* the graph is size-dynamic only where every traced size stays symbolic: the ideal Bi-WKV form
-  (``token_split=None``: the decoder and bottleneck blocks) is; the kernel forms (``token_split`` 16 or 32,
-  the encoders) bake the chunk length ``ceil(T / token_split)`` of the tracing size and the adapter bakes its
-  deformable-attention level sizes. A dynamic export is therefore verified at a second size and refused with a
-  clear error when it is not truly dynamic.
+* the fast chunked implementation (``medurwkv.ops._wkv_chunked``) does not export (custom autograd Function,
+  Python loops over sizes, ``cummax``); while tracing, ``bi_wkv(impl="auto")`` therefore switches to the
+  export-friendly ``"scan"`` path (``medurwkv.ops._wkv_scan``): the same exact arithmetic, O(T) memory, built
+  from ONNX-supported ops with the token count kept symbolic;
+* the graph is size-dynamic where every traced size stays symbolic: the plain VRWKV models are; the adapter
+  encoder bakes its deformable-attention level sizes. A dynamic export is therefore verified at a second size
+  and refused with a clear error when it is not truly dynamic (export those with ``dynamic=False``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -36,33 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["export_onnx", "run_onnx", "exportable_bi_wkv", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "run_onnx", "DEFAULT_OPSET"]
 
 # GridSample (deformable attention) needs opset >= 16; 17 adds LayerNormalization.
 DEFAULT_OPSET = 17
-
-
-@contextlib.contextmanager
-def exportable_bi_wkv() -> Iterator[None]:
-    """Within this context the VRWKV blocks run Bi-WKV with ``impl="naive"`` in one channel block.
-
-    The naive path is the exact reference of the same arithmetic (spec/vrwkv.md §3.4) built from exportable
-    ops (exp, amax, where, sum); one channel block keeps the traced graph free of size-dependent Python loops.
-    """
-    from . import layers
-
-    ops_mod = sys.modules.get("medurwkv.ops.bi_wkv")
-    original = layers.bi_wkv
-    old_block = getattr(ops_mod, "_NAIVE_BLOCK_ELEMS", None)
-    layers.bi_wkv = functools.partial(original, impl="naive")
-    if old_block is not None:
-        ops_mod._NAIVE_BLOCK_ELEMS = 1 << 62  # (B, T, T, C) in one block
-    try:
-        yield
-    finally:
-        layers.bi_wkv = original
-        if old_block is not None:
-            ops_mod._NAIVE_BLOCK_ELEMS = old_block
 
 
 @contextlib.contextmanager
@@ -129,7 +98,7 @@ def export_onnx(
         seed: seed of the random inputs.
 
     Returns:
-        ``{"path", "opset", "dynamic", "sample_shape", "export_s", "size_mb", "bi_wkv": "naive"}`` plus, with
+        ``{"path", "opset", "dynamic", "sample_shape", "export_s", "size_mb", "bi_wkv": "scan"}`` plus, with
         ``verify``, ``"max_abs_diff"``, ``"ok"`` and for dynamic exports ``"second_shape"``,
         ``"max_abs_diff_second"``.
 
@@ -149,9 +118,9 @@ def export_onnx(
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(*sample_shape, generator=gen)
     dyn = {"image": {0: "B", 2: "H", 3: "W"}, "logits": {0: "B", 2: "H", 3: "W"}} if dynamic else None
-    report: dict[str, Any] = {"path": str(path), "opset": opset, "dynamic": dynamic, "bi_wkv": "naive"}
+    report: dict[str, Any] = {"path": str(path), "opset": opset, "dynamic": dynamic, "bi_wkv": "scan"}
     try:
-        with exportable_bi_wkv(), _unbanded(model):
+        with _unbanded(model):
             t0 = time.perf_counter()
             try:
                 with torch.no_grad(), warnings.catch_warnings():
