@@ -6,18 +6,10 @@ import json
 
 import pytest
 
+from medurwkv.commands import QUICK_OVERRIDES
 from medurwkv.pipeline import DATA_ENV, locate_hc18, run_demo
 
-TINY = {
-    "encoder_overrides": {
-        "embed_dims": 32,
-        "depth": 4,
-        "conv_inplane": 8,
-        "deform_num_heads": 2,
-        "interaction_indexes": [[0, 0], [1, 1], [2, 2], [3, 3]],
-    },
-    "decoder_dim": 32,
-}
+TINY = QUICK_OVERRIDES["med_urwkv_t"]
 
 
 def test_demo_pipeline_end_to_end(shared_data_dir, tmp_path, monkeypatch):

@@ -22,20 +22,15 @@ import pytest
 import torch
 from PIL import Image
 
+from medurwkv.commands import QUICK_OVERRIDES
 from medurwkv.engine.checkpoint import load_checkpoint
 from medurwkv.engine.train import fit
 
+_QUICK = QUICK_OVERRIDES["med_urwkv_t"]
 TINY_URWKV = {
-    "encoder_overrides": {
-        "embed_dims": 32,
-        "depth": 4,
-        "conv_inplane": 8,
-        "deform_num_heads": 2,
-        "interaction_indexes": [[0, 0], [1, 1], [2, 2], [3, 3]],
-        # stochastic depth draws from each process's own RNG stream: off, so that both runs drop nothing
-        "drop_path_rate": 0.0,
-    },
-    "decoder_dim": 32,
+    **_QUICK,
+    # stochastic depth draws from each process's own RNG stream: off, so that both runs drop nothing
+    "encoder_overrides": {**_QUICK["encoder_overrides"], "drop_path_rate": 0.0},
 }
 
 

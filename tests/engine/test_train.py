@@ -23,21 +23,13 @@ import torch
 from PIL import Image
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from medurwkv.commands import QUICK_OVERRIDES
 from medurwkv.engine.checkpoint import load_checkpoint, load_model
 from medurwkv.engine.config import TrainConfig, load_yaml_config, resolve_config
 from medurwkv.engine.train import METRIC_COLUMNS, PolyWarmup, TrainingDiverged, add_parser, fit
 
 TINY_UNET = {"base_channels": 4, "depth": 3}
-TINY_URWKV = {
-    "encoder_overrides": {
-        "embed_dims": 32,
-        "depth": 4,
-        "conv_inplane": 8,
-        "deform_num_heads": 2,
-        "interaction_indexes": [[0, 0], [1, 1], [2, 2], [3, 3]],
-    },
-    "decoder_dim": 32,
-}
+TINY_URWKV = QUICK_OVERRIDES["med_urwkv_t"]  # the tiny Med-URWKV-T shared by tests and --quick
 # Fast, deterministic, quiet settings shared by the tests (tiny images, no workers, no final evaluation).
 FAST = dict(
     model="unet",

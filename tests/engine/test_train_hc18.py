@@ -27,20 +27,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medurwkv.commands import QUICK_OVERRIDES
 from medurwkv.engine.checkpoint import load_checkpoint
 from medurwkv.engine.train import fit
 
 EPOCHS = 10
-TINY_URWKV = {
-    "encoder_overrides": {
-        "embed_dims": 32,
-        "depth": 4,
-        "conv_inplane": 8,
-        "deform_num_heads": 2,
-        "interaction_indexes": [[0, 0], [1, 1], [2, 2], [3, 3]],
-    },
-    "decoder_dim": 32,
-}
+TINY_URWKV = QUICK_OVERRIDES["med_urwkv_t"]  # the tiny Med-URWKV-T shared by tests and --quick
 
 
 def hc18_subset(src: Path, dst: Path, n_min: int = 60) -> list[str]:
