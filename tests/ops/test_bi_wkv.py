@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from wkv_testing import err, leaf, random_inputs, rel
 
 from medurwkv.ops import bi_wkv
 from medurwkv.ops._wkv_chunked import bi_wkv_chunked
@@ -16,34 +16,8 @@ IMPLS = ("naive", "chunked")
 KERNELS = {"ts32_eps1e-6": (32, 1e-6), "ts16_eps0": (16, 0.0), "ideal": (None, 0.0)}
 
 
-@pytest.fixture(scope="module")
-def golden(golden_dir: Path) -> dict:
-    return torch.load(golden_dir / "bi_wkv_cases.pt", weights_only=True)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b| (per tensor, as the golden README defines it)."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300)).item()
-
-
-def _err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max(max|b|, 1): relative for O(1) and larger tensors, absolute for (near-)zero ones."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1.0)).item()
-
-
-def _leaf(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A fresh leaf copy of x in ``dtype`` that requires grad (never aliases x)."""
-    return x.detach().to(dtype).clone().requires_grad_()
-
-
-def _inputs(B, T, C, *, wt=5.0, krange=6.0, seed=0, dtype=torch.float64):
-    """Random inputs with w·T in [-wt, wt] and keys spread over ``krange``."""
-    g = torch.Generator().manual_seed(seed)
-    w = (torch.rand(C, generator=g, dtype=torch.float64) * 2 - 1) * wt / T
-    u = torch.randn(C, generator=g, dtype=torch.float64) / T
-    k = (torch.rand(B, T, C, generator=g, dtype=torch.float64) - 0.5) * krange
-    v = torch.randn(B, T, C, generator=g, dtype=torch.float64)
-    return [x.to(dtype) for x in (w, u, k, v)]
+def _inputs(B, T, C, *, wt=5.0, **kw):
+    return random_inputs(B, T, C, wt=wt, **kw)
 
 
 def _literal_row(w, u, k, v, t: int, tc: int, eps: float) -> torch.Tensor:
@@ -90,8 +64,8 @@ def test_golden_outputs(golden, impl, dtype):
         for name, spec in golden["kernels"].items():
             y = bi_wkv(w, u, k, v, token_split=spec["token_split"], eps=spec["eps"], impl=impl)
             assert y.dtype == dtype and y.shape == k.shape
-            err = (y.double() - case[f"y_{name}"]).abs().max().item()
-            assert err < tol, (case["T"], case["tag"], name, err)
+            diff = (y.double() - case[f"y_{name}"]).abs().max().item()
+            assert diff < tol, (case["T"], case["tag"], name, diff)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -101,12 +75,12 @@ def test_golden_gradients(golden, impl, dtype):
     assert len(golden["grad_cases"]) >= 4
     for gc in golden["grad_cases"]:
         case = golden["cases"][gc["case_index"]]
-        ins = [_leaf(case[n], dtype) for n in "wukv"]
+        ins = [leaf(case[n], dtype) for n in "wukv"]
         y = bi_wkv(*ins, token_split=gc["token_split"], eps=gc["eps"], impl=impl)
         (y * gc["gy"].to(dtype)).sum().backward()
         for n, x in zip("wukv", ins):
-            rel = _rel(x.grad, gc[f"d{n}"])
-            assert rel < tol, (gc["T"], gc["kernel"], n, rel)
+            r = rel(x.grad, gc[f"d{n}"])
+            assert r < tol, (gc["T"], gc["kernel"], n, r)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,15 +96,15 @@ def test_chunked_matches_naive(T, token_split, eps):
     gy = torch.randn(B, T, C, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ys, grads = {}, {}
     for impl in IMPLS:
-        ins = [_leaf(x, torch.float64) for x in (w, u, k, v)]
+        ins = [leaf(x, torch.float64) for x in (w, u, k, v)]
         ys[impl] = bi_wkv(*ins, token_split=token_split, eps=eps, impl=impl)
         grads[impl] = torch.autograd.grad((ys[impl] * gy).sum(), ins)
-    assert _err(ys["chunked"], ys["naive"]) < 1e-10
+    assert err(ys["chunked"], ys["naive"]) < 1e-10
     for n, gc, gn in zip("wukv", grads["chunked"], grads["naive"]):
-        assert _err(gc, gn) < 1e-9, n
+        assert err(gc, gn) < 1e-9, n
     y32 = bi_wkv(*(x.float() for x in (w, u, k, v)), token_split=token_split, eps=eps, impl="chunked")
     assert y32.dtype == torch.float32
-    assert _err(y32, ys["naive"]) < 1e-5
+    assert err(y32, ys["naive"]) < 1e-5
 
 
 def test_chunked_blocking_and_tiling_do_not_change_the_result():
@@ -139,15 +113,15 @@ def test_chunked_blocking_and_tiling_do_not_change_the_result():
     gy = torch.randn(2, 197, 5, dtype=torch.float64)
     out = []
     for block, tile in ((32, 1 << 22), (3, 2 * 2 * 197)):
-        ins = [_leaf(x, torch.float64) for x in (w, u, k, v)]
+        ins = [leaf(x, torch.float64) for x in (w, u, k, v)]
         y = bi_wkv_chunked(*ins, 16, 1e-6, block, tile)
         out.append((y, *torch.autograd.grad((y * gy).sum(), ins)))
     for a, b in zip(*out):
-        assert _rel(a, b) < 1e-12
+        assert rel(a, b) < 1e-12
 
 
 def test_gradcheck_chunked_small():
-    w, u, k, v = (_leaf(x, torch.float64) for x in _inputs(1, 11, 2, seed=5))
+    w, u, k, v = (leaf(x, torch.float64) for x in _inputs(1, 11, 2, seed=5))
     # eps = 0: the held-constant stabiliser is then exact, so the analytic gradient is the true one
     assert torch.autograd.gradcheck(lambda *a: bi_wkv(*a, token_split=4, eps=0.0), (w, u, k, v))
 
@@ -166,11 +140,11 @@ def test_large_key_range_and_strong_decay(wt):
     ref = bi_wkv(w, u, k, v, token_split=32, eps=1e-6, impl="naive")
     assert torch.isfinite(ref).all()
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
-        ins = [_leaf(x, dtype) for x in (w, u, k, v)]
+        ins = [leaf(x, dtype) for x in (w, u, k, v)]
         y = bi_wkv(*ins, token_split=32, eps=1e-6, impl="chunked")
         y.sum().backward()
         assert torch.isfinite(y).all() and all(torch.isfinite(x.grad).all() for x in ins)
-        assert _rel(y, ref) < tol, dtype
+        assert rel(y, ref) < tol, dtype
 
 
 def test_long_sequence_65536():
@@ -182,7 +156,7 @@ def test_long_sequence_65536():
     y64 = bi_wkv(w, u, k, v, token_split=32, eps=1e-6)
     y32 = bi_wkv(w.float(), u.float(), k.float(), v.float(), token_split=32, eps=1e-6)
     assert torch.isfinite(y32).all()
-    assert _rel(y32, y64) < 1e-5
+    assert rel(y32, y64) < 1e-5
     tc = math.ceil(T / 32)
     for t in (0, 1, tc - 1, tc, 5050, 33333, T - 1):
         ref = _literal_row(w, u, k, v, t, tc, 1e-6)
@@ -201,7 +175,7 @@ def test_literal_rows_agree_with_naive():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_low_precision_inputs_keep_their_dtype(dtype, impl):
     w, u, k, v = _inputs(2, 33, 4, dtype=dtype)
-    ins = [_leaf(x, dtype) for x in (w, u, k, v)]
+    ins = [leaf(x, dtype) for x in (w, u, k, v)]
     y = bi_wkv(*ins, impl=impl)
     assert y.dtype == dtype
     ref = bi_wkv(*(x.detach().float() for x in (w, u, k, v)), impl=impl)
@@ -264,7 +238,7 @@ def test_validation_of_options(kwargs, match):
 
 
 def test_naive_is_exported_and_differentiable():
-    w, u, k, v = (_leaf(x, torch.float64) for x in _inputs(1, 7, 2))
+    w, u, k, v = (leaf(x, torch.float64) for x in _inputs(1, 7, 2))
     y = bi_wkv_naive(w, u, k, v, 4, 0.0)
     y.sum().backward()
     assert k.grad is not None and torch.isfinite(k.grad).all()

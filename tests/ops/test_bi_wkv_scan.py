@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from wkv_testing import err, leaf, random_inputs, rel
 
 from medurwkv.ops import bi_wkv
 from medurwkv.ops._wkv_chunked import bi_wkv_chunked
@@ -20,37 +21,12 @@ bi_wkv_mod = importlib.import_module("medurwkv.ops.bi_wkv")
 KERNEL_OPTIONS = [(32, 1e-6), (32, 0.0), (16, 1e-6), (16, 0.0), (None, 1e-6), (None, 0.0)]
 
 
-@pytest.fixture(scope="module")
-def golden(golden_dir: Path) -> dict:
-    return torch.load(golden_dir / "bi_wkv_cases.pt", weights_only=True)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b|."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-300)).item()
-
-
-def _err(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max(max|b|, 1): relative for O(1) and larger tensors, absolute for (near-)zero ones."""
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1.0)).item()
-
-
-def _leaf(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return x.detach().to(dtype).clone().requires_grad_()
-
-
-def _inputs(B, T, C, *, wt=8.0, krange=6.0, seed=0, dtype=torch.float64):
-    """Random inputs with w·T in [-wt, wt] and keys spread over ``krange``."""
-    g = torch.Generator().manual_seed(seed)
-    w = (torch.rand(C, generator=g, dtype=torch.float64) * 2 - 1) * wt / T
-    u = torch.randn(C, generator=g, dtype=torch.float64) / T
-    k = (torch.rand(B, T, C, generator=g, dtype=torch.float64) - 0.5) * krange
-    v = torch.randn(B, T, C, generator=g, dtype=torch.float64)
-    return [x.to(dtype) for x in (w, u, k, v)]
+def _inputs(B, T, C, *, wt=8.0, **kw):
+    return random_inputs(B, T, C, wt=wt, **kw)
 
 
 def _value_and_grads(ins, gy, **kw):
-    leaves = [_leaf(x, torch.float64) for x in ins]
+    leaves = [leaf(x, torch.float64) for x in ins]
     y = bi_wkv(*leaves, **kw)
     return (y, *torch.autograd.grad((y * gy).sum(), leaves))
 
@@ -66,8 +42,8 @@ def test_scan_golden_outputs(golden, dtype):
         for name, spec in golden["kernels"].items():
             y = bi_wkv(w, u, k, v, token_split=spec["token_split"], eps=spec["eps"], impl="scan")
             assert y.dtype == dtype and y.shape == k.shape
-            err = (y.double() - case[f"y_{name}"]).abs().max().item()
-            assert err < tol, (case["T"], case["tag"], name, err)
+            diff = (y.double() - case[f"y_{name}"]).abs().max().item()
+            assert diff < tol, (case["T"], case["tag"], name, diff)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -75,12 +51,12 @@ def test_scan_golden_gradients(golden, dtype):
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for gc in golden["grad_cases"]:
         case = golden["cases"][gc["case_index"]]
-        ins = [_leaf(case[n], dtype) for n in "wukv"]
+        ins = [leaf(case[n], dtype) for n in "wukv"]
         y = bi_wkv(*ins, token_split=gc["token_split"], eps=gc["eps"], impl="scan")
         (y * gc["gy"].to(dtype)).sum().backward()
         for n, x in zip("wukv", ins):
-            rel = _rel(x.grad, gc[f"d{n}"])
-            assert rel < tol, (gc["T"], gc["kernel"], n, rel)
+            r = rel(x.grad, gc[f"d{n}"])
+            assert r < tol, (gc["T"], gc["kernel"], n, r)
 
 
 @pytest.mark.parametrize("T", [1, 2, 5, 31, 33, 197, 1000])
@@ -92,10 +68,10 @@ def test_scan_matches_naive(T, token_split, eps):
     ref = _value_and_grads(ins, gy, token_split=token_split, eps=eps, impl="naive")
     got = _value_and_grads(ins, gy, token_split=token_split, eps=eps, impl="scan")
     for n, a, b in zip("ywukv", got, ref):
-        assert _err(a, b) < 1e-12, n
+        assert err(a, b) < 1e-12, n
     y32 = bi_wkv(*(x.float() for x in ins), token_split=token_split, eps=eps, impl="scan")
     assert y32.dtype == torch.float32
-    assert _err(y32, ref[0]) < 1e-5
+    assert err(y32, ref[0]) < 1e-5
 
 
 @pytest.mark.parametrize("token_split", [1, 3, 16, 32, 33, 64, 100, None])
@@ -111,7 +87,7 @@ def test_scan_stabiliser_is_exact(T, token_split):
     for eps in (1.0, 1e-6):
         y = bi_wkv(*ins, token_split=token_split, eps=eps, impl="scan")
         ref = bi_wkv(*ins, token_split=token_split, eps=eps, impl="naive")
-        assert _err(y, ref) < tol, eps
+        assert err(y, ref) < tol, eps
 
 
 @pytest.mark.parametrize("wt", [-30.0, -10.0, 10.0, 30.0])
@@ -127,11 +103,11 @@ def test_scan_strong_decay_and_large_key_range(wt, T):
         ref = bi_wkv(*ins, token_split=token_split, eps=eps, impl="naive")
         assert torch.isfinite(ref).all()
         for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
-            leaves = [_leaf(x, dtype) for x in ins]
+            leaves = [leaf(x, dtype) for x in ins]
             y = bi_wkv(*leaves, token_split=token_split, eps=eps, impl="scan")
             y.sum().backward()
             assert torch.isfinite(y).all() and all(torch.isfinite(x.grad).all() for x in leaves)
-            assert _rel(y, ref) < tol, (token_split, dtype)
+            assert rel(y, ref) < tol, (token_split, dtype)
 
 
 def test_scan_long_sequence_matches_chunked():
@@ -142,13 +118,13 @@ def test_scan_long_sequence_matches_chunked():
     ins[2][0, 5000:5100] -= 70.0
     for token_split in (32, None):
         ref = bi_wkv_chunked(*ins, token_split, 1e-6)
-        assert _rel(bi_wkv_scan(*ins, token_split, 1e-6), ref) < 1e-12
+        assert rel(bi_wkv_scan(*ins, token_split, 1e-6), ref) < 1e-12
         y32 = bi_wkv_scan(*(x.float() for x in ins), token_split, 1e-6)
-        assert _rel(y32, ref) < 1e-5
+        assert rel(y32, ref) < 1e-5
 
 
 def test_scan_low_precision_inputs_keep_their_dtype():
-    ins = [_leaf(x, torch.bfloat16) for x in _inputs(2, 33, 4)]
+    ins = [leaf(x, torch.bfloat16) for x in _inputs(2, 33, 4)]
     y = bi_wkv(*ins, impl="scan")
     assert y.dtype == torch.bfloat16
     ref = bi_wkv(*(x.detach().float() for x in ins), impl="chunked")
@@ -198,7 +174,7 @@ def test_auto_is_chunked_in_eager_mode(scan_calls):
     y = bi_wkv(w, u, k, v)
     assert scan_calls == []
     assert torch.equal(y, bi_wkv(w, u, k, v, impl="chunked"))
-    assert _rel(bi_wkv(w, u, k, v, impl="scan"), y) < 1e-5 and len(scan_calls) == 1
+    assert rel(bi_wkv(w, u, k, v, impl="scan"), y) < 1e-5 and len(scan_calls) == 1
 
 
 @pytest.mark.parametrize("flag", ["torch.onnx.is_in_onnx_export", "torch.compiler.is_exporting"])
@@ -224,7 +200,7 @@ def test_auto_is_scan_under_jit_trace_and_the_trace_is_T_dynamic(scan_calls):
     assert [tuple(s) for s in scan_calls] == [(2, 64, 3)]
     assert "PythonOp" not in str(traced.graph)  # no custom autograd.Function
     k2, v2 = _inputs(1, 100, 3, seed=2, dtype=torch.float32)[2:]  # another T and Tc = 7 instead of 4
-    assert _rel(traced(k2, v2), f(k2, v2)) < 1e-5
+    assert rel(traced(k2, v2), f(k2, v2)) < 1e-5
 
 
 def test_scan_is_an_accepted_impl_and_others_are_not():
