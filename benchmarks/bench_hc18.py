@@ -4,7 +4,8 @@ Trains both models from scratch (pretrained weights cannot be downloaded on the 
 same options, evaluates each best checkpoint on the held-out exams at the original 800x540 resolution (HD95 in
 mm from HC18's pixel sizes) and prints a Markdown table. Example (the command behind docs/results_hc18.md):
 
-    MEDURWKV_DATA=../shared/data python benchmarks/bench_hc18.py --img-size 128 --epochs 4 --out runs/hc18
+    MEDURWKV_DATA=../shared/data python benchmarks/bench_hc18.py --models med_urwkv_t unet --img-size 128 \
+        --epochs 10 --out runs/hc18_128
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from medurwkv.data.split import HC18_GROUP, ensure_split
+    from medurwkv.engine.checkpoint import load_model
     from medurwkv.engine.train import fit
 
     data = Path(args.data or Path(os.environ["MEDURWKV_DATA"]) / "hc18")
@@ -61,9 +63,7 @@ def main() -> None:
         train_min = sum(h.get("epoch_time_s", 0.0) for h in res.history) / 60
         s = res.eval["test"]
         mean = s["mean"]  # averaged over the foreground classes
-        n_params = sum(
-            p.numel() for p in torch.load(res.best_checkpoint, weights_only=False)["state_dict"].values()
-        )
+        n_params = sum(p.numel() for p in load_model(res.best_checkpoint)[0].parameters())  # not buffers
         rows.append(
             dict(
                 model=name,
@@ -77,6 +77,7 @@ def main() -> None:
                 best_epoch=res.best_epoch,
                 train_min=train_min,
                 total_min=minutes,
+                val_dice_per_epoch=[h.get("val_dice") for h in res.history],
             )
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -94,6 +95,12 @@ def main() -> None:
             f"| {r['model']} | {r['params_m']:.2f} | {r['dice']:.4f} ± {r['dice_std']:.4f} | {r['dice_pooled']:.4f} "
             f"| {r['iou']:.4f} | {r['hd95']:.2f} {r['unit']} | {r['best_epoch']} | {r['train_min']:.1f} min |"
         )
+    # Learning curves: validation Dice (per-image mean, at the training size) after each epoch.
+    print("\n| epoch | " + " | ".join(f"{r['model']} val Dice" for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    for e in range(max(len(r["val_dice_per_epoch"]) for r in rows)):
+        cells = [r["val_dice_per_epoch"][e] if e < len(r["val_dice_per_epoch"]) else None for r in rows]
+        print(f"| {e + 1} | " + " | ".join("" if c is None else f"{c:.4f}" for c in cells) + " |")
 
 
 if __name__ == "__main__":

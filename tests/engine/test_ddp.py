@@ -10,17 +10,15 @@ process, is switched off). Those epochs must match the single-process run to
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from engine_testing import make_disks, read_metrics
 
 from medurwkv.commands import QUICK_OVERRIDES
 from medurwkv.engine.checkpoint import load_checkpoint
@@ -32,26 +30,6 @@ TINY_URWKV = {
     # stochastic depth draws from each process's own RNG stream: off, so that both runs drop nothing
     "encoder_overrides": {**_QUICK["encoder_overrides"], "drop_path_rate": 0.0},
 }
-
-
-def make_disks(root: Path, n: int = 16, size: int = 40, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir(parents=True)
-    for i in range(n):
-        cy, cx = rng.uniform(0.3 * size, 0.7 * size, 2)
-        r = rng.uniform(0.15 * size, 0.3 * size)
-        m = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        img = (rng.normal(80, 20, (size, size)) + 90 * m).clip(0, 255).astype(np.uint8)
-        Image.fromarray(img).save(root / "images" / f"case{i:03d}.png")
-        Image.fromarray((m * 255).astype(np.uint8)).save(root / "masks" / f"case{i:03d}.png")
-    return root
-
-
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ bit-identical weights, optimizer state and metrics to an uninterrupted run.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from engine_testing import make_disks, read_metrics
 from PIL import Image
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -44,30 +44,9 @@ FAST = dict(
 )
 
 
-def make_disks(root: Path, n: int = 16, size: int = 40, seed: int = 0) -> Path:
-    """n gray images with a bright disk (the foreground) on noise, 0/255 masks."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir(parents=True)
-    for i in range(n):
-        cy, cx = rng.uniform(0.3 * size, 0.7 * size, 2)
-        r = rng.uniform(0.15 * size, 0.3 * size)
-        m = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-        img = (rng.normal(80, 20, (size, size)) + 90 * m).clip(0, 255).astype(np.uint8)
-        Image.fromarray(img).save(root / "images" / f"case{i:03d}.png")
-        Image.fromarray((m * 255).astype(np.uint8)).save(root / "masks" / f"case{i:03d}.png")
-    return root
-
-
 @pytest.fixture
 def disks(tmp_path: Path) -> Path:
     return make_disks(tmp_path / "disks")
-
-
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # ------------------------------------------------------------------------------------------- schedule & config

@@ -13,7 +13,6 @@ epochs (~1 min), and a model that only learned a centred blob stays near 0.5-0.6
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engine_testing import read_metrics
 from PIL import Image
 
 from medurwkv.commands import QUICK_OVERRIDES
@@ -50,11 +50,6 @@ def hc18_subset(src: Path, dst: Path, n_min: int = 60) -> list[str]:
             shutil.copy(src / sub / f"{i}.png", dst / sub / f"{i}.png")
     shutil.copy(src / "training_set_pixel_size_and_HC.csv", dst)  # pixel spacing -> HD95 in mm
     return chosen
-
-
-def read_metrics(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def foreground_dice_all_foreground(mask_dir: Path, ids: list[str]) -> float:

@@ -5,23 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medurwkv.commands import QUICK_OVERRIDES
 from medurwkv.models import create_model
 from medurwkv.models.export import export_onnx, run_onnx
 
 pytest.importorskip("onnxruntime")
 
-_TINY_ADAPTER = dict(
-    embed_dims=32,
-    depth=4,
-    conv_inplane=8,
-    deform_num_heads=2,
-    interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]],
-)
 _SMALL_DECODER = dict(decoder_dim=32, decoder_depths=[1, 1, 1], bottleneck_depth=1)
-TINY = {
-    "med_urwkv_t": dict(encoder_overrides=_TINY_ADAPTER, **_SMALL_DECODER),
-    "med_urwkv_t_pure": dict(encoder_overrides=dict(embed_dims=32, depth=4), **_SMALL_DECODER),
-}
+TINY = {name: {**QUICK_OVERRIDES[name], **_SMALL_DECODER} for name in ("med_urwkv_t", "med_urwkv_t_pure")}
 
 
 def _perturb_bn(model: torch.nn.Module) -> None:

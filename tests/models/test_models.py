@@ -13,27 +13,20 @@ import pywt
 import torch
 from torch import nn
 
+from medurwkv.commands import QUICK_OVERRIDES
 from medurwkv.engine.checkpoint import load_model, save_checkpoint
 from medurwkv.models import create_model, get_model_entry, list_models
 from medurwkv.models.decoder import DecoderBlock, PatchExpand
 from medurwkv.models.med_urwkv import MED_URWKV_VARIANTS, MedURWKV
 from medurwkv.models.modules import FAWA, MSCF, HaarDWT, HaarIDWT
 
-_TINY_ADAPTER = dict(
-    embed_dims=32,
-    depth=4,
-    conv_inplane=8,
-    deform_num_heads=2,
-    interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]],
-    drop_path_rate=0.0,
-)
-# name -> overrides giving a tiny model of the same architecture (documented in docs/models.md).
+# name -> overrides giving a tiny model of the same architecture (docs/models.md), without stochastic depth so
+# that train-mode forwards are deterministic.
 TINY: dict[str, dict] = {
-    "unet": dict(base_channels=8),
-    "med_urwkv_t": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
-    "med_urwkv_s": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
-    "med_urwkv_t_pure": dict(encoder_overrides=dict(embed_dims=32, depth=4), decoder_dim=32),
-    "med_urwkv_t_dagger": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
+    name: {**cfg, "encoder_overrides": {**cfg["encoder_overrides"], "drop_path_rate": 0.0}}
+    if "encoder_overrides" in cfg
+    else cfg
+    for name, cfg in QUICK_OVERRIDES.items()
 }
 MED = [n for n in TINY if n != "unet"]
 

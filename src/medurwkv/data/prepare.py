@@ -166,8 +166,10 @@ def _prepare_dst(dst: Path, overwrite: bool) -> None:
     (dst / "masks").mkdir(parents=True, exist_ok=True)
 
 
-def _copy_image(src: Path, dst_dir: Path, sample_id: str) -> None:
-    shutil.copyfile(src, dst_dir / "images" / f"{sample_id}{src.suffix.lower()}")
+def _write_pair(dst: Path, sample_id: str, image: Path, mask: np.ndarray) -> None:
+    """Copy the image file unchanged (keeps its bit depth) and write the label map as ``masks/<id>.png``."""
+    shutil.copyfile(image, dst / "images" / f"{sample_id}{image.suffix.lower()}")
+    write_mask(dst / "masks" / f"{sample_id}.png", mask.astype(np.uint8))
 
 
 def _to_binary(path: Path, threshold: int = 128) -> np.ndarray:
@@ -180,11 +182,25 @@ def _to_binary(path: Path, threshold: int = 128) -> np.ndarray:
     return arr >= threshold
 
 
-def _write_dataset_json(dst: Path, meta: dict, subsets: dict[str, list[str]], count: int) -> None:
+def _finish(
+    dst: Path,
+    meta: dict,
+    count: int,
+    subsets: dict[str, list[str]] | None = None,
+    notes: list[str] | None = None,
+) -> PrepareResult:
+    """Write ``dataset.json`` (the recipe's metadata, the sample count and the official subsets)."""
+    subsets = subsets or {}
     doc = {**meta, "numTraining": count}
     if subsets:
         doc["subsets"] = {k: sorted(v) for k, v in subsets.items()}
     (dst / "dataset.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return PrepareResult(dst, count, subsets, notes or [])
+
+
+def _unpaired(images: dict[tuple, Path], masks: dict[tuple, Path]) -> list[str]:
+    """Ids with a mask but no image, then ids with an image but no mask."""
+    return sorted(k[0] for k in masks if k not in images) + sorted(k[0] for k in images if k not in masks)
 
 
 def _progress(items, desc: str, progress: bool):
@@ -303,8 +319,7 @@ def _recipe_hc18(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
         outline = (outline_img.max(axis=-1) if outline_img.ndim == 3 else outline_img) > 127
         mask, method = fill_outline(outline)
         methods.setdefault(method, []).append(sid)
-        _copy_image(images[key], dst, sid)
-        write_mask(dst / "masks" / f"{sid}.png", mask.astype(np.uint8))
+        _write_pair(dst, sid, images[key], mask)
     for method in ("border_closed", "ellipse_fit"):
         if methods.get(method):
             notes.append(f"{method}: {', '.join(methods[method])}")
@@ -326,9 +341,7 @@ def _recipe_hc18(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
         "licence": "CC BY 4.0",
         "recipe": "hc18",
     }
-    count = len(annots)
-    _write_dataset_json(dst, meta, {}, count)
-    return PrepareResult(dst, count, {}, notes)
+    return _finish(dst, meta, len(annots), notes=notes)
 
 
 # ----------------------------------------------------------------------------------------- ISIC
@@ -363,8 +376,7 @@ def _recipe_isic(files: list[Path], dst: Path, progress: bool, *, year: int) -> 
         m = rx.fullmatch(masks[key].parent.name)
         subset = {"training": "train", "validation": "val"}.get(m.group(1).lower(), "test") if m else "train"
         subsets.setdefault(subset, []).append(sid)
-        _copy_image(images[key], dst, sid)
-        write_mask(dst / "masks" / f"{sid}.png", _to_binary(masks[key]).astype(np.uint8))
+        _write_pair(dst, sid, images[key], _to_binary(masks[key]))
     meta = {
         "name": f"ISIC{year}",
         "description": f"ISIC {year} {'Task 1' if year == 2018 else 'Part 1'} skin lesion segmentation",
@@ -374,9 +386,7 @@ def _recipe_isic(files: list[Path], dst: Path, progress: bool, *, year: int) -> 
         "licence": "CC BY-NC",
         "recipe": f"isic{year}",
     }
-    count = len(masks)
-    _write_dataset_json(dst, meta, subsets, count)
-    return PrepareResult(dst, count, subsets, notes)
+    return _finish(dst, meta, len(masks), subsets, notes)
 
 
 # ----------------------------------------------------------------------------------------- BUSI
@@ -412,8 +422,7 @@ def _recipe_busi(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
             union |= part  # several lesions come as _mask.png, _mask_1.png, ...: take the union
         multi += len(masks[key]) > 1
         subsets.setdefault(cls, []).append(sid)
-        _copy_image(images[key], dst, sid)
-        write_mask(dst / "masks" / f"{sid}.png", union.astype(np.uint8))
+        _write_pair(dst, sid, images[key], union)
     if multi:
         notes.append(f"{multi} images have several lesion masks (_mask_N.png): merged by union")
     notes.append("ids are <class>_<NNN> (BUSI names contain spaces); 'normal' images have empty masks")
@@ -426,9 +435,7 @@ def _recipe_busi(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
         "licence": "CC BY 4.0",
         "recipe": "busi",
     }
-    count = len(images)
-    _write_dataset_json(dst, meta, subsets, count)
-    return PrepareResult(dst, count, subsets, notes)
+    return _finish(dst, meta, len(images), subsets, notes)
 
 
 # ----------------------------------------------------------------------------------------- Kvasir-SEG
@@ -441,14 +448,13 @@ def _recipe_kvasir(files: list[Path], dst: Path, progress: bool) -> PrepareResul
         raise ValueError(
             "no Kvasir-SEG masks found; expected Kvasir-SEG/images/*.jpg and Kvasir-SEG/masks/*.jpg"
         )
-    orphans = sorted(k[0] for k in masks if k not in images) + sorted(k[0] for k in images if k not in masks)
+    orphans = _unpaired(images, masks)
     if orphans:
         raise ValueError(f"{len(orphans)} Kvasir-SEG files are unpaired (e.g. {orphans[:5]})")
     for key in _progress(sorted(masks), "kvasir-seg", progress):
         sid = key[0]
         mask = _to_binary(masks[key], threshold=128)  # JPEG masks: threshold at 128
-        _copy_image(images[key], dst, sid)
-        write_mask(dst / "masks" / f"{sid}.png", mask.astype(np.uint8))
+        _write_pair(dst, sid, images[key], mask)
     meta = {
         "name": "Kvasir-SEG",
         "description": "Kvasir-SEG polyp segmentation (Jha et al. 2020); JPEG masks thresholded at 128",
@@ -458,9 +464,7 @@ def _recipe_kvasir(files: list[Path], dst: Path, progress: bool) -> PrepareResul
         "licence": "research and educational use",
         "recipe": "kvasir-seg",
     }
-    count = len(masks)
-    _write_dataset_json(dst, meta, {}, count)
-    return PrepareResult(dst, count, {}, [])
+    return _finish(dst, meta, len(masks))
 
 
 # ----------------------------------------------------------------------------------------- GlaS
@@ -474,7 +478,7 @@ def _recipe_glas(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
             "no GlaS annotations (train_N_anno.bmp) found; expected the 'Warwick QU Dataset (Released "
             "2016_07_08)' folder"
         )
-    unpaired = sorted(k[0] for k in masks if k not in images) + sorted(k[0] for k in images if k not in masks)
+    unpaired = _unpaired(images, masks)
     if unpaired:
         raise ValueError(f"{len(unpaired)} GlaS files are unpaired (e.g. {unpaired[:5]})")
     subsets: dict[str, list[str]] = {}
@@ -482,8 +486,7 @@ def _recipe_glas(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
         sid, subset = key
         labels = read_label_array(masks[key])  # instance labels: 0 background, 1..N glands
         subsets.setdefault(subset, []).append(sid)
-        _copy_image(images[key], dst, sid)
-        write_mask(dst / "masks" / f"{sid}.png", (labels > 0).astype(np.uint8))
+        _write_pair(dst, sid, images[key], labels > 0)
     grade = _collect(files, r"(Grade\.csv)")
     if grade:
         shutil.copyfile(next(iter(grade.values())), dst / "Grade.csv")
@@ -496,9 +499,7 @@ def _recipe_glas(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
         "licence": "research use",
         "recipe": "glas",
     }
-    count = len(masks)
-    _write_dataset_json(dst, meta, subsets, count)
-    return PrepareResult(dst, count, subsets, [])
+    return _finish(dst, meta, len(masks), subsets)
 
 
 RECIPES: dict[str, Callable[[list[Path], Path, bool], PrepareResult]] = {

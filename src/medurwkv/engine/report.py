@@ -161,14 +161,21 @@ def _dice_column(fieldnames: Sequence[str]) -> str | None:
     return next((f for f in fieldnames if f.startswith("dice_")), None)
 
 
-def _per_image_dice(split_dir: Path) -> tuple[str, list[float]] | None:
+def _dice_rows(split_dir: Path) -> tuple[str, list[dict[str, str]]] | None:
+    """The Dice column name and the rows of ``split_dir/per_image.csv`` (None without file or column)."""
     p = split_dir / "per_image.csv"
     if not p.is_file():
         return None
     rows = _read_rows(p)
     col = _dice_column(list(rows[0].keys())) if rows else None
-    if col is None:
+    return None if col is None else (col, rows)
+
+
+def _per_image_dice(split_dir: Path) -> tuple[str, list[float]] | None:
+    found = _dice_rows(split_dir)
+    if found is None:
         return None
+    col, rows = found
     vals = []
     for r in rows:
         try:
@@ -470,13 +477,10 @@ def _case_row(split_dir: Path, safe_case_id: str) -> float | None:
     """Dice of a case, matched by the file-name-safe id (visualize.safe_id) in per_image.csv."""
     from medurwkv.engine.visualize import safe_id
 
-    p = split_dir / "per_image.csv"
-    if not p.is_file():
+    found = _dice_rows(split_dir)
+    if found is None:
         return None
-    rows = _read_rows(p)
-    col = _dice_column(list(rows[0].keys())) if rows else None
-    if col is None:
-        return None
+    col, rows = found
     for r in rows:
         rid = str(r.get("id", ""))
         if rid == safe_case_id or safe_id(rid) == safe_case_id:

@@ -603,67 +603,41 @@ _ADAPTER_COMMON = dict(img_size=224, patch_size=16, conv_inplane=64, n_points=4,
 _STAGES_12 = [[0, 2], [3, 5], [6, 8], [9, 11]]
 
 
-def _ade(file: str) -> PretrainedCfg:
-    return PretrainedCfg.official(file, layout="mmseg", wkv_token_split=16, wkv_eps=0.0)
+def _adapter(size: str, **kw: Any) -> tuple[dict[str, Any], PretrainedCfg]:
+    """One released adapter (S, B and L are post-norm with layer scale 1e-5); ``kw`` sets the rest."""
+    cfg = dict(_ADAPTER_COMMON, depth=12, post_norm=True, init_values=1e-5, interaction_indexes=_STAGES_12)
+    cfg.update(kw)
+    cfg["interaction_indexes"] = [list(p) for p in cfg["interaction_indexes"]]  # fresh lists per config
+    file = f"upernet_vrwkv_adapter_{size}_512_160k_ade20k.pth"
+    return cfg, PretrainedCfg.official(file, layout="mmseg", **_ADE)
 
 
 ADAPTER_CONFIGS: dict[str, tuple[dict[str, Any], PretrainedCfg]] = {
-    "vrwkv_adapter_t": (
-        dict(
-            _ADAPTER_COMMON,
-            embed_dims=192,
-            depth=12,
-            init_values=1.0,
-            drop_path_rate=0.1,
-            deform_num_heads=6,
-            deform_ratio=1.0,
-            interaction_indexes=[list(p) for p in _STAGES_12],
-        ),
-        _ade("upernet_vrwkv_adapter_tiny_512_160k_ade20k.pth"),
+    "vrwkv_adapter_t": _adapter(
+        "tiny",
+        embed_dims=192,
+        post_norm=False,
+        init_values=1.0,
+        drop_path_rate=0.1,
+        deform_num_heads=6,
+        deform_ratio=1.0,
     ),
-    "vrwkv_adapter_s": (
-        dict(
-            _ADAPTER_COMMON,
-            embed_dims=384,
-            depth=12,
-            post_norm=True,
-            init_values=1e-5,
-            drop_path_rate=0.2,
-            deform_num_heads=6,
-            deform_ratio=1.0,
-            interaction_indexes=[list(p) for p in _STAGES_12],
-        ),
-        _ade("upernet_vrwkv_adapter_small_512_160k_ade20k.pth"),
+    "vrwkv_adapter_s": _adapter(
+        "small", embed_dims=384, drop_path_rate=0.2, deform_num_heads=6, deform_ratio=1.0
     ),
-    "vrwkv_adapter_b": (
-        dict(
-            _ADAPTER_COMMON,
-            embed_dims=768,
-            depth=12,
-            post_norm=True,
-            init_values=1e-5,
-            drop_path_rate=0.3,
-            deform_num_heads=12,
-            deform_ratio=0.5,
-            interaction_indexes=[list(p) for p in _STAGES_12],
-        ),
-        _ade("upernet_vrwkv_adapter_base_512_160k_ade20k.pth"),
+    "vrwkv_adapter_b": _adapter(
+        "base", embed_dims=768, drop_path_rate=0.3, deform_num_heads=12, deform_ratio=0.5
     ),
-    "vrwkv_adapter_l": (
-        dict(
-            _ADAPTER_COMMON,
-            img_size=192,
-            embed_dims=1024,
-            depth=24,
-            post_norm=True,
-            key_norm=True,
-            init_values=1e-5,
-            drop_path_rate=0.4,
-            deform_num_heads=16,
-            deform_ratio=0.5,
-            interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]],
-        ),
-        _ade("upernet_vrwkv_adapter_large_512_160k_ade20k.pth"),
+    "vrwkv_adapter_l": _adapter(
+        "large",
+        img_size=192,
+        embed_dims=1024,
+        depth=24,
+        key_norm=True,
+        drop_path_rate=0.4,
+        deform_num_heads=16,
+        deform_ratio=0.5,
+        interaction_indexes=[[0, 5], [6, 11], [12, 17], [18, 23]],
     ),
 }
 

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import layers
-from .layers import Block, q_shift
+from .layers import Block
 
 __all__ = ["PatchExpand", "DecoderBlock", "URWKVDecoder", "tokens_to_map", "map_to_tokens"]
 
@@ -103,44 +102,29 @@ class DecoderBlock(Block):
             or self.ffn.shift_pixel != self.att.shift_pixel
         ):
             return super()._forward(x, patch_resolution)
-        att, T = self.att, H * W
+        att, ffn = self.att, self.ffn
         bands = self._bands(H, W)
         ks, vs, srs = [], [], []
         for r0, r1 in bands:  # spatial mix up to the Bi-WKV inputs, band by band (B, rows*W, C)
             xh, hwh, inner = self._halo(x, patch_resolution, r0, r1)
-            xh = self.ln1(xh)
-            xx = q_shift(xh, hwh, att.shift_pixel, att.channel_gamma)[:, inner]
-            xh = xh[:, inner]
-            ks.append(att.key(xh * att.spatial_mix_k + xx * (1 - att.spatial_mix_k)))
-            vs.append(att.value(xh * att.spatial_mix_v + xx * (1 - att.spatial_mix_v)))
-            srs.append(torch.sigmoid(att.receptance(xh * att.spatial_mix_r + xx * (1 - att.spatial_mix_r))))
-        y = layers.bi_wkv(
-            att.spatial_decay / T,
-            att.spatial_first / T,
-            torch.cat(ks, 1),
-            torch.cat(vs, 1),
-            token_split=att.wkv_token_split,
-            eps=att.wkv_eps,
-        )  # (B, T, C): the one global step
+            xh = self.ln1(xh)  # the halo rows only feed Q-Shift
+            k, v, sr = att.wkv_inputs(xh[:, inner], att.shift(xh, hwh)[:, inner])
+            ks.append(k)
+            vs.append(v)
+            srs.append(sr)
+        y = att.wkv(torch.cat(ks, 1), torch.cat(vs, 1))  # (B, T, C): the one global step
         del ks, vs
         outs = []
         for (r0, r1), sr in zip(bands, srs):
-            yb = y[:, r0 * W : r1 * W]
-            if att.key_norm is not None:
-                yb = att.key_norm(yb)
-            outs.append(x[:, r0 * W : r1 * W] + self._scale(att.output(sr * yb), self.gamma1))
+            rows = slice(r0 * W, r1 * W)
+            outs.append(x[:, rows] + self._scale(att.wkv_output(y[:, rows], sr), self.gamma1))
         x = torch.cat(outs, 1)
-        ffn, outs = self.ffn, []
-        for r0, r1 in bands:  # channel mix, band by band; the halo rows only feed Q-Shift
+        outs = []
+        for r0, r1 in bands:  # channel mix, band by band
             xh, hwh, inner = self._halo(x, patch_resolution, r0, r1)
             xh = self.ln2(xh)
-            xx = q_shift(xh, hwh, ffn.shift_pixel, ffn.channel_gamma)[:, inner]
-            xh = xh[:, inner]
-            k = torch.square(torch.relu(ffn.key(xh * ffn.spatial_mix_k + xx * (1 - ffn.spatial_mix_k))))
-            if ffn.key_norm is not None:
-                k = ffn.key_norm(k)
-            r = torch.sigmoid(ffn.receptance(xh * ffn.spatial_mix_r + xx * (1 - ffn.spatial_mix_r)))
-            outs.append(x[:, r0 * W : r1 * W] + self._scale(r * ffn.value(k), self.gamma2))
+            xm = ffn.mix(xh[:, inner], ffn.shift(xh, hwh)[:, inner])
+            outs.append(x[:, r0 * W : r1 * W] + self._scale(xm, self.gamma2))
         return torch.cat(outs, 1)
 
 

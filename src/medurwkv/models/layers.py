@@ -145,20 +145,28 @@ class SpatialMix(nn.Module):
         else:
             raise ValueError(f"expected init_mode 'fancy', 'local' or 'global', got {init_mode!r}")
 
-    def forward(self, x: Tensor, patch_resolution: tuple[int, int]) -> Tensor:
-        B, T, C = x.shape
-        if self.shift_pixel > 0:
-            xx = q_shift(x, patch_resolution, self.shift_pixel, self.channel_gamma)
+    def shift(self, x: Tensor, patch_resolution: tuple[int, int]) -> Tensor | None:
+        """Q-Shifted ``x`` (B, T, C), or None without a shift."""
+        if self.shift_pixel <= 0:
+            return None
+        return q_shift(x, patch_resolution, self.shift_pixel, self.channel_gamma)
+
+    def wkv_inputs(self, x: Tensor, xx: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-token part before the scan: ``x`` and its shift ``xx`` (B, T, C) -> k, v, sigmoid(r)."""
+        if xx is None:
+            xk = xv = xr = x
+        else:
             xk = x * self.spatial_mix_k + xx * (1 - self.spatial_mix_k)
             xv = x * self.spatial_mix_v + xx * (1 - self.spatial_mix_v)
             xr = x * self.spatial_mix_r + xx * (1 - self.spatial_mix_r)
-        else:
-            xk = xv = xr = x
-        k, v = self.key(xk), self.value(xv)  # (B, T, C)
-        sr = torch.sigmoid(self.receptance(xr))
+        return self.key(xk), self.value(xv), torch.sigmoid(self.receptance(xr))  # 3 x (B, T, C)
+
+    def wkv(self, k: Tensor, v: Tensor) -> Tensor:
+        """The global Bi-WKV over all T tokens of ``k``, ``v`` (B, T, C)."""
+        T = k.shape[1]
         # The decay and bonus are divided by the CURRENT token count (the official module does this), so the
         # effective per-token decay depends on the input resolution.
-        y = bi_wkv(
+        return bi_wkv(
             self.spatial_decay / T,
             self.spatial_first / T,
             k,
@@ -166,9 +174,16 @@ class SpatialMix(nn.Module):
             token_split=self.wkv_token_split,
             eps=self.wkv_eps,
         )
+
+    def wkv_output(self, y: Tensor, sr: Tensor) -> Tensor:
+        """Per-token part after the scan (B, T, C)."""
         if self.key_norm is not None:
             y = self.key_norm(y)
         return self.output(sr * y)
+
+    def forward(self, x: Tensor, patch_resolution: tuple[int, int]) -> Tensor:
+        k, v, sr = self.wkv_inputs(x, self.shift(x, patch_resolution))
+        return self.wkv_output(self.wkv(k, v), sr)
 
 
 class ChannelMix(nn.Module):
@@ -214,17 +229,22 @@ class ChannelMix(nn.Module):
         else:
             raise ValueError(f"expected init_mode 'fancy', 'local' or 'global', got {init_mode!r}")
 
-    def forward(self, x: Tensor, patch_resolution: tuple[int, int]) -> Tensor:
-        if self.shift_pixel > 0:
-            xx = q_shift(x, patch_resolution, self.shift_pixel, self.channel_gamma)
+    shift = SpatialMix.shift  # same Q-Shift: uses only shift_pixel and channel_gamma
+
+    def mix(self, x: Tensor, xx: Tensor | None) -> Tensor:
+        """Per-token channel mix of ``x`` given its shift ``xx`` (B, T, C) (None: no shift)."""
+        if xx is None:
+            xk = xr = x
+        else:
             xk = x * self.spatial_mix_k + xx * (1 - self.spatial_mix_k)
             xr = x * self.spatial_mix_r + xx * (1 - self.spatial_mix_r)
-        else:
-            xk = xr = x
         k = torch.square(torch.relu(self.key(xk)))  # (B, T, Hd)
         if self.key_norm is not None:
             k = self.key_norm(k)
         return torch.sigmoid(self.receptance(xr)) * self.value(k)
+
+    def forward(self, x: Tensor, patch_resolution: tuple[int, int]) -> Tensor:
+        return self.mix(x, self.shift(x, patch_resolution))
 
 
 class Block(nn.Module):
