@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops.msda import ms_deform_attn
-from .layers import Block, DropPath
+from .layers import Block, DropPath, check_input
 from .registry import PretrainedCfg, register_model
 from .vrwkv import VRWKV
 
@@ -528,11 +528,7 @@ class VRWKVAdapter(VRWKV):
         nn.init.normal_(self.level_embed)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}; "
-                f"create the model with in_channels={x.shape[1] if x.ndim == 4 else '?'} to match your images"
-            )
+        check_input(x, self.in_channels)
         H, W = x.shape[-2:]
         if H % 32 != 0 or W % 32 != 0:
             raise ValueError(

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import bi_wkv
 
-__all__ = ["q_shift", "DropPath", "PatchEmbed", "SpatialMix", "ChannelMix", "Block"]
+__all__ = ["q_shift", "DropPath", "PatchEmbed", "SpatialMix", "ChannelMix", "Block", "check_input"]
 
 
 def q_shift(
@@ -38,6 +38,15 @@ def q_shift(
     up = F.pad(img[:, 3 * q : 4 * q], (0, 0, 0, s))[..., s:, :]
     out = torch.cat([right, left, down, up, img[:, 4 * q :]], dim=1)
     return out.flatten(2).transpose(1, 2)  # (B, T, C)
+
+
+def check_input(x: Tensor, in_channels: int) -> None:
+    """Raise a ValueError unless ``x`` is an image batch (B, in_channels, H, W)."""
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(
+            f"expected input (B, {in_channels}, H, W), got {tuple(x.shape)}; "
+            f"create the model with in_channels={x.shape[1] if x.ndim == 4 else '?'} to match your images"
+        )
 
 
 class DropPath(nn.Module):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .decoder import URWKVDecoder
+from .layers import check_input
 from .modules import FAWA, MSCF, split_decay_params
 from .registry import PretrainedCfg, get_model_entry, register_model
 from .vrwkv import VRWKV
@@ -231,11 +232,7 @@ class MedURWKV(nn.Module):
     # ---- forward ---------------------------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}; "
-                "create the model with in_channels matching your images"
-            )
+        check_input(x, self.in_channels)
         H, W = x.shape[-2:]
         m = self.pad_multiple
         pad = (0, (-W) % m, 0, (-H) % m)  # bottom/right, like the encoder's corner padding

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import check_input
 from .modules import split_decay_params
 from .registry import register_model
 
@@ -62,11 +63,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}; "
-                "create the model with in_channels matching your images"
-            )
+        check_input(x, self.in_channels)
         H, W = x.shape[-2:]
         m = self.pad_multiple
         x = F.pad(x, (0, (-W) % m, 0, (-H) % m))  # zero pad bottom/right -> multiples of 2**depth

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Block, PatchEmbed
+from .layers import Block, PatchEmbed, check_input
 from .registry import PretrainedCfg, register_model
 
 __all__ = ["VRWKV", "resize_pos_embed", "VRWKV_CONFIGS"]
@@ -135,11 +135,7 @@ class VRWKV(nn.Module):
 
     def embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Patch embedding + bicubic-resized position embedding: (B, 3, H, W) -> (B, T, C), (H', W')."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}; "
-                f"create the model with in_channels={x.shape[1] if x.ndim == 4 else '?'} to match your images"
-            )
+        check_input(x, self.in_channels)
         tokens, hw = self.patch_embed(x)
         pos = resize_pos_embed(self.pos_embed, self.init_out_size, hw, self.interpolate_mode)
         return self.drop_after_pos(tokens + pos), hw
