@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from .index import DatasetIndex, default_class_names, discover
 from .io import ImageReadError, image_hash, read_label_array
 
@@ -25,7 +26,7 @@ _MAX_INFERRED_CLASSES = 32
 _MASK_HINT_SUFFIXES = ("_mask", "_segmentation", "_anno", "_Annotation", "_label", "_gt")
 
 
-class DatasetCheckError(ValueError):
+class DatasetCheckError(UserError):
     """Raised by ``CheckReport.raise_for_errors`` when a dataset has errors."""
 
 

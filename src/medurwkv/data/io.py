@@ -17,6 +17,8 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import UserError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
@@ -35,7 +37,7 @@ _TIFF = (".tif", ".tiff")
 _TO_RGB_MODES = {"P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La"}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """A file exists but cannot be decoded as a supported 2D image or label mask."""
 
 

@@ -1,0 +1,11 @@
+"""``medurwkv demo``: TEMPORARY shim over the old in-module parser (to be replaced by the real command layer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    from ..pipeline import add_parser
+
+    add_parser(subparsers)

@@ -1,0 +1,18 @@
+"""Small shared helpers below every other layer: atomic file writes, downloads with a checksum, tracing checks."""
+
+from __future__ import annotations
+
+from .download import default_cache_dir, download, sha256_file
+from .files import atomic_write, atomic_write_json, atomic_write_text
+from .tracing import is_exporting, is_tracing
+
+__all__ = [
+    "atomic_write",
+    "atomic_write_json",
+    "atomic_write_text",
+    "default_cache_dir",
+    "download",
+    "is_exporting",
+    "is_tracing",
+    "sha256_file",
+]
