@@ -28,22 +28,7 @@ __all__ = [
 ]
 
 BENCH_MODELS = ("unet", "med_urwkv_t", "med_urwkv_s", "med_urwkv_t_pure", "med_urwkv_t_dagger")
-_TINY_ADAPTER = dict(
-    embed_dims=32,
-    depth=4,
-    conv_inplane=8,
-    deform_num_heads=2,
-    interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]],
-)
-# Tiny configs of the same architectures, for smoke tests (--quick) and unit tests.
-QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
-    "unet": dict(base_channels=8),
-    "med_urwkv_t": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
-    "med_urwkv_s": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
-    "med_urwkv_t_pure": dict(encoder_overrides=dict(embed_dims=32, depth=4), decoder_dim=32),
-    "med_urwkv_t_dagger": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
-}
-
+from .models.tiny import QUICK_OVERRIDES  # noqa: E402  (re-exported until this module moves)
 
 # ---------------------------------------------------------------------------------------------------------------
 # models

@@ -1,0 +1,109 @@
+"""The one contract every segmentation model and encoder implements (``docs/architecture.md``).
+
+A segmentation model maps ``(B, in_channels, H, W)`` to logits ``(B, num_classes, H, W)`` for any ``H, W``: it
+pads the input bottom/right to a multiple of :attr:`SegmentationModel.pad_multiple` and crops the logits back
+(:func:`pad_to_multiple`, written once; the ONNX backend of ``predict`` uses the same function). Its
+:attr:`~SegmentationModel.encoder` and its decoder meet only through the encoder's feature maps, described by
+:attr:`Encoder.out_channels` and :attr:`Encoder.strides`. The engine talks to models only through this contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["PAD_MODES", "Encoder", "SegmentationModel", "pad_to_multiple"]
+
+PAD_MODES = ("constant", "reflect", "replicate")
+
+
+def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant") -> Tensor:
+    """Pad ``(..., H, W)`` bottom/right so that H and W are multiples of ``multiple``.
+
+    ``mode`` is ``"constant"`` (zeros), ``"reflect"`` or ``"replicate"``; reflect needs a pad smaller than the
+    side, so tiny images fall back to edge replication. Crop the result back with ``y[..., :H, :W]``.
+    """
+    if mode not in PAD_MODES:
+        raise ValueError(f"expected pad mode in {PAD_MODES}, got {mode!r}")
+    H, W = x.shape[-2:]
+    pad = (0, (-W) % multiple, 0, (-H) % multiple)  # (left, right, top, bottom)
+    if not (pad[1] or pad[3]):
+        return x
+    if mode == "reflect" and (pad[1] >= W or pad[3] >= H):
+        mode = "replicate"
+    return F.pad(x, pad) if mode == "constant" else F.pad(x, pad, mode=mode)
+
+
+class Encoder(nn.Module):
+    """A multi-scale encoder: ``forward(x) -> list`` of NCHW maps, map ``i`` with ``out_channels[i]`` channels at
+    stride ``strides[i]`` (increasing). ``pad_multiple`` is the input size multiple it needs."""
+
+    out_channels: list[int]
+    strides: list[int]
+    pad_multiple: int
+
+
+class SegmentationModel(nn.Module):
+    """Base class of every segmentation model (Med-URWKV family, U-Net, ...).
+
+    Subclasses set ``in_channels``, ``num_classes``, ``pad_multiple``, ``pad_mode`` and ``encoder`` and implement
+    :meth:`forward_padded` (inputs already padded to ``pad_multiple``). ``create_model`` attaches
+    ``model_spec = {"name", "kwargs"}``, from which a checkpoint rebuilds the model.
+    """
+
+    in_channels: int
+    num_classes: int
+    pad_multiple: int
+    pad_mode: str = "constant"
+    encoder: Encoder
+    model_spec: dict[str, Any]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._encoder_frozen = False
+
+    # ---- forward -----------------------------------------------------------------------------------------
+    def forward_padded(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, Hp, Wp)`` with ``Hp, Wp`` multiples of ``pad_multiple`` -> ``(B, K, Hp, Wp)``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        H, W = x.shape[-2:]
+        return self.forward_padded(pad_to_multiple(x, self.pad_multiple, self.pad_mode))[..., :H, :W]
+
+    # ---- pretrained encoder ------------------------------------------------------------------------------
+    def pretrained_target(self) -> nn.Module | None:
+        """The module that official pretrained weights load into, or None when the model has none."""
+        return None
+
+    def freeze_encoder(self, frozen: bool = True) -> None:
+        """(Un)freeze :meth:`pretrained_target`; its BatchNorms stay in eval mode while frozen. No-op without one."""
+        target = self.pretrained_target()
+        if target is None:
+            return
+        self._encoder_frozen = bool(frozen)
+        for p in target.parameters():
+            p.requires_grad_(not frozen)
+        self.train(self.training)
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self._encoder_frozen
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        super().train(mode)
+        target = self.pretrained_target()
+        if self._encoder_frozen and target is not None:  # frozen BN statistics must not drift with new data
+            for m in target.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    # ---- optimisation ------------------------------------------------------------------------------------
+    def param_groups(
+        self, lr: float, encoder_lr_scale: float = 1.0, weight_decay: float = 1e-4
+    ) -> list[dict]:
+        """AdamW parameter groups (no decay on norms, biases and the RWKV decay/mix vectors)."""
+        raise NotImplementedError

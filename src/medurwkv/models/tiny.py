@@ -1,0 +1,26 @@
+"""Tiny configurations of the registered architectures, for smoke runs (``--quick``) and unit tests.
+
+``create_model(name, **QUICK_OVERRIDES[name])`` builds the same architecture as ``name`` with a few thousand
+parameters, so a forward pass takes milliseconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["QUICK_OVERRIDES"]
+
+_TINY_ADAPTER = dict(
+    embed_dims=32,
+    depth=4,
+    conv_inplane=8,
+    deform_num_heads=2,
+    interaction_indexes=[[0, 0], [1, 1], [2, 2], [3, 3]],
+)
+QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
+    "unet": dict(base_channels=8),
+    "med_urwkv_t": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
+    "med_urwkv_s": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
+    "med_urwkv_t_pure": dict(encoder_overrides=dict(embed_dims=32, depth=4), decoder_dim=32),
+    "med_urwkv_t_dagger": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
+}
