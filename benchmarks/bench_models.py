@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from medurwkv.commands import BENCH_MODELS, benchmark_models, format_benchmark
+from medurwkv.engine.benchmark import BENCH_MODELS, benchmark_models, format_benchmark
 
 TARGET_SPEEDUP_512 = 1.5
 TARGET_GROWTH = 4.4

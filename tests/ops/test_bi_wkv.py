@@ -9,8 +9,8 @@ import torch
 from wkv_testing import err, leaf, random_inputs, rel
 
 from medurwkv.ops import bi_wkv
-from medurwkv.ops._wkv_chunked import bi_wkv_chunked
 from medurwkv.ops.bi_wkv import bi_wkv_naive
+from medurwkv.ops.bi_wkv.chunked import bi_wkv_chunked
 
 IMPLS = ("naive", "chunked")
 KERNELS = {"ts32_eps1e-6": (32, 1e-6), "ts16_eps0": (16, 0.0), "ideal": (None, 0.0)}
@@ -21,7 +21,7 @@ def _inputs(B, T, C, *, wt=5.0, **kw):
 
 
 def _literal_row(w, u, k, v, t: int, tc: int, eps: float) -> torch.Tensor:
-    """y[:, t, :] straight from the closed form of spec §3.2 (float64, O(T) for one token)."""
+    """y[:, t, :] straight from the closed form of docs/vrwkv.md section 2.2 (float64, O(T) for one token)."""
     T = k.shape[1]
     s = (t // tc) * tc
     i = torch.arange(T, dtype=torch.float64)[None, :, None]

@@ -12,8 +12,8 @@ import torch
 from wkv_testing import err, leaf, random_inputs, rel
 
 from medurwkv.ops import bi_wkv
-from medurwkv.ops._wkv_chunked import bi_wkv_chunked
-from medurwkv.ops._wkv_scan import _cummax_rows, _doubling, bi_wkv_scan
+from medurwkv.ops.bi_wkv.chunked import bi_wkv_chunked
+from medurwkv.ops.bi_wkv.scan import _cummax_rows, _doubling, bi_wkv_scan
 
 # the module itself (the package attribute medurwkv.ops.bi_wkv is the function)
 bi_wkv_mod = importlib.import_module("medurwkv.ops.bi_wkv")

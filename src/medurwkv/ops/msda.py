@@ -1,7 +1,8 @@
 """Multi-scale deformable attention (MSDA) sampling core in pure PyTorch.
 
 This is the arithmetic of the Deformable-DETR operator ``MultiScaleDeformableAttention`` used by the official
-``VRWKV_Adapter`` (``shared/spec/adapter.md`` §3): for every query ``q`` and head ``m``::
+``VRWKV_Adapter`` (``docs/adapter.md``, "Multi-scale deformable attention"): for every query ``q`` and
+head ``m``::
 
     out[b, q, m] = Σ_l Σ_p A[b, q, m, l, p] · bilinear(V_l[b, :, m], x = loc_x·W_l − 0.5, y = loc_y·H_l − 0.5)
 
@@ -19,6 +20,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..utils import is_tracing
 
 __all__ = ["ms_deform_attn"]
 
@@ -88,10 +91,6 @@ def _validate(
             )
 
 
-def _is_tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
-
-
 def ms_deform_attn(
     value: Tensor,
     spatial_shapes: ShapesLike,
@@ -118,7 +117,7 @@ def ms_deform_attn(
     starts = _as_starts(level_start_index, shapes)
     # Shape checks are Python comparisons on (possibly symbolic) sizes: skip them while tracing/compiling so
     # that they cannot add guards that pin the exported shapes.
-    if not _is_tracing():
+    if not is_tracing():
         _validate(value, shapes, starts, sampling_locations, attention_weights)
 
     out_dtype = value.dtype

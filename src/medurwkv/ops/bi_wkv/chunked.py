@@ -1,8 +1,9 @@
 """Fast Bi-WKV: O(T) time and memory, built from blocked first-order scans, with a hand-written backward.
 
-Notation (one channel; spec §3.2). Tc is the kernel chunk length, s the chunk start of token t, j = t - s its
-offset in the chunk. With x_i = e^{k_i - m} v_i (numerator) or e^{k_i - m} (denominator), where m is the
-per-(b, c) maximum of k over T, the kernel's sums are a linear operator ``Lin`` applied to x::
+Notation (one channel; ``docs/vrwkv.md``, "Bi-WKV kernel arithmetic"). Tc is the kernel chunk length, s the
+chunk start of token t, j = t - s its offset in the chunk. With x_i = e^{k_i - m} v_i (numerator) or e^{k_i - m}
+(denominator), where m is the per-(b, c) maximum of k over T, the kernel's sums are a linear operator ``Lin``
+applied to x::
 
     Lin(x)_t = e^{u} x_t                                          # self
              + Σ_{s<=i<t} e^{-w(t-1-i)} x_i                        # same chunk, before t (distance |t-i|-1)
@@ -293,7 +294,7 @@ def _lin_adjoint_and_dw(
 # stabiliser
 # ----------------------------------------------------------------------------------------------------------------
 def _stabiliser(kt: Tensor, g: _Geom, ws: _Workspace, out: Tensor) -> Tensor:
-    """The kernel's running-max exponent no_t (spec §3.2), exactly, from running-max scans, into ``out``.
+    """The kernel's running-max stabiliser no_t, exactly, from running-max scans, into ``out``.
 
     kt: keys in tile layout (Tc, B, N, C), -inf in the padded tail. With q_i = k_i - w i and p_i = k_i + w i:
     no_t = max( w t + max(q_s, max_{s<i<=t} q_i + max(w, 0), max_{i>t} q_i),
@@ -430,6 +431,7 @@ def bi_wkv_chunked(
 ) -> Tensor:
     """Fast Bi-WKV on tensors of one floating dtype (see the module docstring); first-order differentiable.
 
-    w, u: (C,); k, v: (B, T, C); returns (B, T, C).
+    w, u: (C,); k, v: (B, T, C); returns (B, T, C). ``block`` (scan block length) and ``tile_elems`` (channel
+    tile size) change only the speed and memory, never the result (tests use small values to exercise them).
     """
     return _BiWKVChunked.apply(w, u, k, v, token_split, eps, block, tile_elems)

@@ -1,14 +1,14 @@
-"""``medurwkv models`` (list models with parameters and pretrained source) and ``medurwkv benchmark``.
+"""Model benchmark core: parameters, GFLOPs, CPU latency and peak memory of the registered models.
 
-The benchmark core lives here so that the CLI and ``benchmarks/bench_models.py`` share it:
-:func:`benchmark_models` measures, for every model, parameters, GFLOPs (``torch.utils.flop_counter``), CPU
-inference latency (batch 1, median of repeats) and peak memory at several square sizes, each (model, size) in a
-fresh subprocess so that its peak resident memory is its own.
+Shared by ``medurwkv models`` / ``medurwkv benchmark`` (:mod:`medurwkv.cli.models`) and
+``benchmarks/bench_models.py``. :func:`benchmark_models` measures, for every model, parameters, GFLOPs
+(``torch.utils.flop_counter``), CPU inference latency (batch 1, best and median of repeats) and peak memory at
+several square sizes, each (model, size) in a fresh subprocess (``python -m medurwkv.engine.benchmark
+--bench-worker JSON``) so that its peak resident memory is its own. :func:`model_table` lists the registry.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -17,22 +17,13 @@ import sys
 import time
 from typing import Any
 
-__all__ = [
-    "add_parser",
-    "model_table",
-    "benchmark_models",
-    "measure",
-    "format_benchmark",
-    "BENCH_MODELS",
-    "QUICK_OVERRIDES",
-]
+from ..errors import UserError
+from ..models import QUICK_OVERRIDES
 
+__all__ = ["BENCH_MODELS", "benchmark_models", "format_benchmark", "measure", "model_table"]
+
+# The segmentation models of the default benchmark (``medurwkv benchmark`` without --models).
 BENCH_MODELS = ("unet", "med_urwkv_t", "med_urwkv_s", "med_urwkv_t_pure", "med_urwkv_t_dagger")
-from .models.tiny import QUICK_OVERRIDES  # noqa: E402  (re-exported until this module moves)
-
-# ---------------------------------------------------------------------------------------------------------------
-# models
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
@@ -42,7 +33,7 @@ def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
     """
     import torch
 
-    from .models import create_model, get_model_entry, list_models
+    from ..models import create_model, get_model_entry, list_models
 
     rows = []
     for name in list_models(pattern):
@@ -66,28 +57,6 @@ def model_table(pattern: str | None = None) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _run_models(args: argparse.Namespace) -> int:
-    rows = model_table(args.pattern)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print(f"no model matches {args.pattern!r}", file=sys.stderr)
-        return 1
-    print(f"{'name':<22} {'params':>9}  {'pretrained source':<50} {'wkv':<9} description")
-    for r in rows:
-        p = f"{r['params'] / 1e6:.2f}M" if r["params"] is not None else "?"
-        print(
-            f"{r['name']:<22} {p:>9}  {r['pretrained'] or '-':<50} {r['wkv_constants'] or '-':<9} {r['description']}"
-        )
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# benchmark
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _rss_gb(field: str) -> float:
@@ -124,14 +93,14 @@ def measure(
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .models import create_model
+    from ..models import create_model
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = create_model(name, **(overrides or {})).eval()
     params = sum(p.numel() for p in model.parameters())
-    x = torch.randn(1, int(getattr(model, "in_channels", 3)), size, size)
+    x = torch.randn(1, model.in_channels, size, size)
     model_rss = _rss_gb("VmRSS")
     gflops = None
     with torch.inference_mode():
@@ -162,9 +131,11 @@ def measure(
 def _measure_isolated(name: str, size: int, timeout: float | None, **kw: Any) -> dict[str, Any]:
     """:func:`measure` in a fresh interpreter (own peak memory; a crash or OOM does not end the run)."""
     job = json.dumps({"name": name, "size": size, **kw})
-    cmd = [sys.executable, "-m", "medurwkv.commands", "--bench-worker", job]
+    cmd = [sys.executable, "-m", __name__, "--bench-worker", job]
+    # warnings of the worker would only clutter the captured stderr, whose last line is an error's message
+    env = {**os.environ, "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore")}
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     except subprocess.TimeoutExpired:
         return {"model": name, "size": size, "error": f"timeout after {timeout} s"}
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
@@ -172,6 +143,36 @@ def _measure_isolated(name: str, size: int, timeout: float | None, **kw: Any) ->
         tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or [f"exit code {out.returncode}"]
         return {"model": name, "size": size, "error": tail[0][:300]}
     return json.loads(lines[-1])
+
+
+def _check_benchmark_args(
+    models: list[str] | tuple[str, ...],
+    sizes: list[int] | tuple[int, ...],
+    repeats: int | None,
+    threads: int | None,
+    max_mem_gb: float,
+) -> None:
+    from ..models import list_models
+
+    known = set(list_models())
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise UserError(
+            f"expected registered model names, got unknown {', '.join(map(repr, unknown))}; "
+            "list the names with `medurwkv models`"
+        )
+    if not models or not sizes:
+        raise UserError(
+            f"expected at least one model and one size, got models={list(models)} sizes={list(sizes)}"
+        )
+    bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad:
+        raise UserError(f"expected square sizes in pixels >= 1, got {bad}")
+    for name, val in (("repeats", repeats), ("threads", threads)):
+        if val is not None and val < 1:
+            raise UserError(f"expected {name} >= 1 (or unset for the default), got {val}")
+    if not max_mem_gb > 0:
+        raise UserError(f"expected a memory limit > 0 GB, got {max_mem_gb}")
 
 
 def benchmark_models(
@@ -191,8 +192,12 @@ def benchmark_models(
     ``quick`` uses the tiny configs of :data:`QUICK_OVERRIDES`, in-process, 3 repeats (smoke test). Otherwise
     every (model, size) runs in its own subprocess; repeats default to 5 below 1024², 3 at 1024², 1 above.
     A size is skipped for a model when its peak memory, extrapolated linearly in pixels from the previous size,
-    would exceed ``max_mem_gb`` (row with ``"skipped"``).
+    would exceed ``max_mem_gb`` (row with ``"skipped"``). A (model, size) that fails (an exception, a crash
+    or a timeout of its subprocess) is a measurement result, a row with ``"error"``; unknown model names and
+    non-positive sizes, repeats, threads or memory limits are the caller's mistake and raise :class:`UserError`
+    before anything runs.
     """
+    _check_benchmark_args(models, sizes, repeats, threads, max_mem_gb)
     isolate = (not quick) if isolate is None else isolate
     rows: list[dict[str, Any]] = []
     for name in models:
@@ -258,62 +263,10 @@ def format_benchmark(rows: list[dict[str, Any]], reference: str = "unet") -> str
     return "\n".join(lines)
 
 
-def _run_benchmark(args: argparse.Namespace) -> int:
-    models = args.models or list(BENCH_MODELS)
-    sizes = args.sizes or ([64, 128] if args.quick else [256, 512])
-    rows = benchmark_models(
-        models,
-        sizes,
-        quick=args.quick,
-        repeats=args.repeats,
-        threads=args.threads,
-        max_mem_gb=args.max_mem_gb,
-    )
-    print()
-    print(format_benchmark(rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-        print(f"\nwrote {args.json}")
-    return 1 if any("error" in r for r in rows) else 0
-
-
-def add_parser(subparsers: Any) -> None:
-    """Register ``medurwkv models`` and ``medurwkv benchmark``."""
-    p = subparsers.add_parser(
-        "models",
-        help="list the available models with parameters and pretrained source",
-        description="List every registered model (segmentation models and encoders) with its parameter count "
-        "(full config), the official release it loads with pretrained=True, and the Bi-WKV kernel constants of "
-        "that release (token_split/eps).",
-    )
-    p.add_argument("pattern", nargs="?", default=None, help="fnmatch filter, e.g. 'med_urwkv*'")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_run_models)
-
-    b = subparsers.add_parser(
-        "benchmark",
-        help="measure parameters, GFLOPs, CPU latency and memory of the models",
-        description="CPU inference benchmark (batch 1): parameters, GFLOPs, median latency, peak memory and the "
-        "throughput ratio to unet. Default: full-size models at 256 and 512 px; --quick runs tiny configs at "
-        "64 and 128 px in seconds. The full study (up to 2048 px) is benchmarks/bench_models.py.",
-    )
-    b.add_argument(
-        "--models", nargs="+", default=None, help=f"model names (default: {' '.join(BENCH_MODELS)})"
-    )
-    b.add_argument("--sizes", nargs="+", type=int, default=None, help="square input sizes in pixels")
-    b.add_argument("--quick", action="store_true", help="tiny configs, small sizes, in-process (smoke test)")
-    b.add_argument("--repeats", type=int, default=None, help="timed runs per size (median is reported)")
-    b.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    b.add_argument("--max-mem-gb", type=float, default=16.0, help="skip sizes estimated to need more memory")
-    b.add_argument("--json", default=None, help="also write the raw rows to this JSON file")
-    b.set_defaults(func=_run_benchmark)
-
-
 def _worker_main(argv: list[str]) -> int:
+    """Subprocess entry of :func:`_measure_isolated`: measure the job given as JSON, print the row as JSON."""
     job = json.loads(argv[argv.index("--bench-worker") + 1])
     name, size = job.pop("name"), job.pop("size")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
     print(json.dumps(measure(name, size, **job)))
     return 0
 

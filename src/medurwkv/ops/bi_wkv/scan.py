@@ -1,13 +1,13 @@
 """Export-friendly Bi-WKV: plain differentiable tensor ops that trace with symbolic shapes (ONNX opset 17).
 
 Used for ONNX export and tracing (``bi_wkv(..., impl="scan")``, chosen by ``impl="auto"`` while exporting).
-It computes exactly the kernel formula of spec §3.2, like ``_wkv_chunked``, but with no custom
+It computes exactly the kernel formula of ``docs/vrwkv.md``, like :mod:`.chunked`, but with no custom
 ``autograd.Function``, no in-place op, no Python loop or branch that depends on T or on tensor values: the token
 count T, the kernel chunk length Tc, the number of chunks and every padding amount are computed from ``k.shape``
 with integer arithmetic that the exporters record symbolically, so one exported graph serves every T.
 
-Notation (one channel; spec §3.2). With x_i = e^{k_i - m} v_i (numerator) or e^{k_i - m} (denominator), m the
-per-(b, c) maximum of k over T, and s the kernel chunk start of token t::
+Notation (one channel; ``docs/vrwkv.md``). With x_i = e^{k_i - m} v_i (numerator) or e^{k_i - m}
+(denominator), m the per-(b, c) maximum of k over T, and s the kernel chunk start of token t::
 
     Lin(x)_t = e^{u} x_t + P_t + F_t + (e^{w} - 1) (Cb_t - G_t)
     P_t  = Σ_{i<t}      e^{-w(t-i)} x_i        # every earlier token, distance t - i
@@ -15,7 +15,7 @@ per-(b, c) maximum of k over T, and s the kernel chunk start of token t::
     Cb_t = Σ_{s<=i<t}   e^{-w(t-i)} x_i        # same chunk, before t: turns e^{-w(t-i)} into e^{-w(t-i-1)}
     G_t  = Σ_{s<i<=t}   e^{ w(t-i)} x_i        # the kernel's "ghost" terms, with weight (1 - e^{w})
 
-and y = Lin(x_num) / (Lin(x_den) + eps·e^{no - m}). (Expanding Cb and G gives the four sums of §3.2.)
+and y = Lin(x_num) / (Lin(x_den) + eps·e^{no - m}). (Expanding Cb and G gives the four sums of the kernel formula.)
 
 Layout. The sequence is padded (with x = 0, i.e. no contribution) and viewed as (rows, N, L, C): N compute
 chunks of L tokens, where N is a Python constant and only L is symbolic (nested symbolic divisions such as
@@ -29,7 +29,7 @@ reuse the same cumsums when g = 1 (local cumsums on a (rows, N, g, Tc, C) view o
 exclusive and reverse sums are formed by subtraction (cp - yp, tot - cf): the rounding error is about float eps
 times the chunk's own terms, each of which also enters the denominator of the token with a weight within
 e^{2|w|L} of the one used (|w|·L <= ~2|w|·T / token_split; exact when L = 1), so the error relative to y stays
-a few eps (measured: as accurate as ``_wkv_chunked`` in float32, ~1e-15 in float64). e^{w} - 1 is formed from
+a few eps (measured: as accurate as :mod:`.chunked` in float32, ~1e-15 in float64). e^{w} - 1 is formed from
 tanh for small |w| (ONNX has no Expm1).
 
 Stabiliser ``no_t`` (only used when eps > 0), computed exactly; with q_i = k_i - w i and p_i = k_i + w i::
@@ -56,7 +56,7 @@ e^{|w|·T} (cross-chunk matrices) and e^{|w|·L}; float32 overflows at e^{88}, a
 below m underflows, which is negligible next to the maximum's term (weight >= e^{-|w|·T}) while |w|·T <= ~40
 (tested at |w|·T = ±10 and ±30; the official init has |w|·T <= 5). Cost: O(T·C) memory and time, about 15
 elementwise passes over (2B, T, C), plus about 20 over (B, T, C) for the stabiliser when eps > 0: the forward
-takes 1.5x (ideal form) to 3x (token_split 32, eps > 0) the time of ``_wkv_chunked`` on one CPU thread (its
+takes 1.5x (ideal form) to 3x (token_split 32, eps > 0) the time of :mod:`.chunked` on one CPU thread (its
 autograd backward is about as fast as the chunked one), which is why it is only the default while exporting or
 tracing.
 """
@@ -247,7 +247,7 @@ def _cummax_grid(x: Tensor, reverse: bool, exclusive: bool, steps: int) -> Tenso
 
 
 def _stabiliser(k: Tensor, w: Tensor, u: Tensor, n, L, tc, g: int | None) -> Tensor:
-    """The kernel's running-max exponent no_t (spec §3.2), exactly, on the grid (B, N, L, C). Inputs detached."""
+    """The kernel's running-max stabiliser no_t, exactly, on the grid (B, N, L, C). Inputs detached."""
     B, T, C = k.shape
     kg = _to_grid(k, n, L, _NEG_INF)  # (B, N, L, C); -inf keys in the padded tail
     # (N, L, 1) token index t, built by broadcasting: reshaping an arange makes torch.export guard on L != 1
