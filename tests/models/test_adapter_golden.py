@@ -200,7 +200,7 @@ def test_registry_tiny_matches_official_counts():
     with torch.device("meta"):
         model = create_model("vrwkv_adapter_t")
     sd = model.state_dict()
-    # spec/adapter.md §2: 484 entries, 8,404,592 parameters, 3,210 BatchNorm buffer elements.
+    # docs/adapter.md (state dict): 484 entries, 8,404,592 parameters, 3,210 BatchNorm buffer elements.
     assert len(sd) == 484
     assert sum(p.numel() for p in model.parameters()) == 8_404_592
     assert sum(v.numel() for k, v in sd.items() if "running_" in k or "num_batches" in k) == 3_210

@@ -16,10 +16,13 @@ import torch
 from torch import nn
 
 from medurwkv import create_model
-from medurwkv.models import LoadReport, load_pretrained
-from medurwkv.models.pretrained import download, find_release, official_releases
-from medurwkv.models.registry import HF_BASE, get_model_entry
-from medurwkv.models.vrwkv import VRWKV, resize_pos_embed
+from medurwkv.errors import DownloadError
+from medurwkv.models import LoadReport, SegmentationModel, load_pretrained
+from medurwkv.models.layers import resize_pos_embed
+from medurwkv.models.pretrained import fetch_weights as download
+from medurwkv.models.registry import get_model_entry
+from medurwkv.models.releases import HF_BASE, find_release, official_releases
+from medurwkv.models.vrwkv import VRWKV
 
 # Small enough for 2 shared cores: 2 blocks of width 32 on a 2x2 .. 5x5 token grid.
 TINY = dict(embed_dims=32, depth=2, img_size=32)
@@ -173,7 +176,7 @@ class _Encoder(nn.Module):
         )
 
 
-class _SegModel(nn.Module):
+class _SegModel(SegmentationModel):
     def __init__(self, in_channels: int = 3) -> None:
         super().__init__()
         self.encoder = _Encoder(in_channels)
@@ -429,7 +432,7 @@ def test_sha256_mismatch_deletes_and_raises(http_dir, tmp_path):
     _, digest = _serve_tiny(srv, "tiny.pth")
     cache = tmp_path / "cache"
     wrong = "0" * 64
-    with pytest.raises(ValueError, match=f"expected {wrong}, got {digest}"):
+    with pytest.raises(ValueError, match=f"expected sha256 {wrong} for .*, got {digest}"):
         download(base + "tiny.pth", sha256=wrong, cache_dir=cache, progress=False)
     assert list(cache.iterdir()) == []  # neither the file nor a partial download is left
     path = download(base + "tiny.pth", sha256=digest.upper(), cache_dir=cache, progress=False)
@@ -468,7 +471,7 @@ def test_pretrained_true_uses_a_file_already_in_the_cache(tmp_path, monkeypatch)
 
 def test_download_errors_are_clear(http_dir, tmp_path):
     _, base, _ = http_dir
-    with pytest.raises(OSError, match="pretrained=PATH"):
+    with pytest.raises(DownloadError, match="pretrained=PATH"):
         download(base + "nothere.pth", cache_dir=tmp_path / "c", progress=False)
     assert not list((tmp_path / "c").iterdir())
     with pytest.raises(FileNotFoundError, match="does not exist"):

@@ -1,9 +1,19 @@
-"""Models: registry, pretrained loading, VRWKV layers and backbone, adapter encoder, decoders, full models."""
+"""Models: the model contract, the registry, the builder, pretrained loading, VRWKV layers, encoders, models.
+
+Layers, from the leaves up: ``releases`` (official weight table, no package imports) -> ``registry`` (names ->
+builders) -> the model modules (``vrwkv``, ``adapter``, ``encoders``, ``unet``, ``med_urwkv``), which register
+their variants on import -> ``pretrained`` (loading) -> ``builder`` (``create_model``). Importing this package
+imports every model module, so a broken one fails loudly. See ``docs/models.md`` and ``docs/pretrained.md``.
+"""
 
 from __future__ import annotations
 
+from . import adapter, med_urwkv, unet, vrwkv  # noqa: F401  (each registers its variants)
 from .base import Encoder, SegmentationModel, pad_to_multiple
-from .registry import PretrainedCfg, create_model, get_model_entry, list_models, register_model
+from .builder import create_model
+from .pretrained import LoadReport, load_pretrained
+from .registry import ModelEntry, get_model_entry, list_models, register_model
+from .releases import PretrainedCfg, find_release, official_releases
 from .tiny import QUICK_OVERRIDES
 from .vrwkv import VRWKV
 
@@ -13,17 +23,14 @@ __all__ = [
     "pad_to_multiple",
     "QUICK_OVERRIDES",
     "PretrainedCfg",
+    "ModelEntry",
     "create_model",
+    "find_release",
     "get_model_entry",
     "list_models",
+    "load_pretrained",
+    "LoadReport",
+    "official_releases",
     "register_model",
     "VRWKV",
 ]
-
-try:  # pretrained.py provides load_pretrained / LoadReport
-    from .pretrained import LoadReport, load_pretrained  # noqa: F401
-
-    __all__ += ["LoadReport", "load_pretrained"]
-except ModuleNotFoundError as e:  # pragma: no cover
-    if e.name != f"{__name__}.pretrained":
-        raise

@@ -1,4 +1,4 @@
-"""VRWKV_Adapter: the multi-scale encoder of the official ADE20K models (``shared/spec/adapter.md``).
+"""VRWKV_Adapter: the multi-scale encoder of the official ADE20K models (``docs/adapter.md``).
 
 A ViT-Adapter around the plain Vision-RWKV trunk. A convolutional spatial prior module (SPM) gives stride
 4/8/16/32 maps; four interaction stages exchange information between the stride-16 RWKV tokens and the
@@ -23,10 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops.msda import ms_deform_attn
+from .base import Encoder
+from .deform_attn import MSDeformAttn
 from .layers import Block, DropPath, check_input
-from .registry import PretrainedCfg, register_model
-from .vrwkv import VRWKV
+from .registry import register_model
+from .releases import PretrainedCfg, release
+from .vrwkv import VRWKVTrunk
 
 __all__ = [
     "ADAPTER_CONFIGS",
@@ -87,85 +89,6 @@ def deform_inputs(
     inj = DeformInputs(reference_points([(h, w)], device), shapes, starts)
     ext = DeformInputs(reference_points(shapes, device), [(h, w)], [0])
     return inj, ext
-
-
-class MSDeformAttn(nn.Module):
-    """Multi-scale deformable attention with the Deformable-DETR / ViT-Adapter parameter names.
-
-    ``ratio`` scales the value width: ``value_proj`` is ``(int(ratio·C), C)``, a head holds ``int(ratio·C)/M``
-    channels (base/large adapters use 0.5).
-    """
-
-    def __init__(
-        self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4, ratio: float = 1.0
-    ) -> None:
-        super().__init__()
-        value_dims = int(d_model * ratio)
-        if d_model % n_heads != 0 or value_dims % n_heads != 0:
-            raise ValueError(
-                f"expected d_model ({d_model}) and int(d_model*ratio) ({value_dims}) divisible by "
-                f"n_heads ({n_heads}); choose deform_num_heads dividing embed_dims"
-            )
-        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
-        self.ratio, self.head_dims = ratio, value_dims // n_heads
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, value_dims)
-        self.output_proj = nn.Linear(value_dims, d_model)
-        self.reset_parameters()
-
-    @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Deformable-DETR init.
-
-        Zero offset weights with a bias "ring" (head m points in direction 2πm/M, scaled onto the unit square,
-        point p at distance p+1 pixels), uniform attention, Xavier value/output projections.
-        """
-        M, L, P = self.n_heads, self.n_levels, self.n_points
-        dev = self.sampling_offsets.bias.device
-        nn.init.zeros_(self.sampling_offsets.weight)
-        thetas = torch.arange(M, dtype=torch.float32, device=dev) * (2.0 * math.pi / M)
-        grid = torch.stack([thetas.cos(), thetas.sin()], dim=-1)  # (M, 2)
-        grid = grid / grid.abs().max(dim=-1, keepdim=True).values
-        grid = grid.view(M, 1, 1, 2).repeat(1, L, P, 1)  # (M, L, P, 2)
-        grid = grid * torch.arange(1, P + 1, dtype=torch.float32, device=dev).view(1, 1, P, 1)
-        self.sampling_offsets.bias.copy_(grid.flatten())
-        nn.init.zeros_(self.attention_weights.weight)
-        nn.init.zeros_(self.attention_weights.bias)
-        nn.init.xavier_uniform_(self.value_proj.weight)
-        nn.init.zeros_(self.value_proj.bias)
-        nn.init.xavier_uniform_(self.output_proj.weight)
-        nn.init.zeros_(self.output_proj.bias)
-
-    def forward(
-        self,
-        query: Tensor,
-        reference_points: Tensor,
-        feat: Tensor,
-        spatial_shapes: Sequence[tuple[int, int]],
-        level_start_index: Sequence[int],
-    ) -> Tensor:
-        """query (B, Lq, C), reference_points (1|B, Lq, 1, 2), feat (B, S, C) -> (B, Lq, C)."""
-        B, Lq, _ = query.shape
-        M, L, P = self.n_heads, self.n_levels, self.n_points
-        value = self.value_proj(feat).view(B, feat.shape[1], M, self.head_dims)  # (B, S, M, Dh)
-        off = self.sampling_offsets(query).view(B, Lq, M, L, P, 2)  # (x, y) in pixels of each level
-        attn = self.attention_weights(query).view(B, Lq, M, L * P)
-        attn = F.softmax(attn, dim=-1).view(B, Lq, M, L, P)  # joint over levels x points
-        # Offsets -> normalised units of each level. Divide by the (possibly symbolic) ints per level rather
-        # than building a shape tensor, so H/W stay dynamic in exports; same arithmetic as the official one.
-        off = torch.stack(
-            [
-                torch.stack([off[:, :, :, lvl, :, 0] / w, off[:, :, :, lvl, :, 1] / h], dim=-1)
-                for lvl, (h, w) in enumerate(spatial_shapes)
-            ],
-            dim=3,
-        )  # (B, Lq, M, L, P, 2)
-        # The float32 reference points broadcast over levels and points; adding promotes to off's dtype
-        # (float64 stays float64 with float32-rounded centres, as in the official module).
-        loc = reference_points[:, :, None, :, None, :] + off
-        out = ms_deform_attn(value, spatial_shapes, level_start_index, loc, attn)  # (B, Lq, M*Dh)
-        return self.output_proj(out)
 
 
 class DWConv(nn.Module):
@@ -384,8 +307,8 @@ def _default_interactions(depth: int) -> list[list[int]]:
     return [[i * q, (i + 1) * q - 1] for i in range(4)]
 
 
-class VRWKVAdapter(VRWKV):
-    """Vision-RWKV + ViT-Adapter encoder (official ``VRWKV_Adapter``).
+class VRWKVAdapter(VRWKVTrunk, Encoder):
+    """Vision-RWKV + ViT-Adapter encoder (official ``VRWKV_Adapter``; ``docs/adapter.md``).
 
     ``forward(x)`` maps ``(B, in_channels, H, W)`` with H, W multiples of 32 to ``[f1, f2, f3, f4]``, the
     maps at strides 4, 8, 16, 32 with ``embed_dims`` channels each (after BatchNorm).
@@ -395,8 +318,9 @@ class VRWKVAdapter(VRWKV):
         strides: ``[4, 8, 16, 32]``.
         pad_multiple: 32 (inputs must be multiples of it; the Med-URWKV models pad for you).
 
-    The trunk (``pos_embed``, ``patch_embed``, ``layers``) is :class:`VRWKV` without the final norm ``ln1``
-    (deleted by the official adapter). Bi-WKV kernel constants default to those that trained the ADE20K
+    The trunk (``pos_embed``, ``patch_embed``, ``layers``) is the plain backbone's :class:`VRWKVTrunk`; the
+    final norm ``ln1`` of :class:`~medurwkv.models.vrwkv.VRWKV` does not exist here (the official adapter
+    deletes it: stage outputs are raw residual streams). Bi-WKV kernel constants default to those that trained the ADE20K
     checkpoints (16 chunks, EPS 0); change them with :meth:`set_wkv_constants`. The batch norms are plain
     ``nn.BatchNorm2d``: for multi-GPU training convert them with ``nn.SyncBatchNorm.convert_sync_batchnorm``.
     """
@@ -453,12 +377,13 @@ class VRWKVAdapter(VRWKV):
             key_norm=key_norm,
             init_values=init_values,
             hidden_rate=hidden_rate,
-            final_norm=False,  # the official adapter deletes ln1: stage outputs are raw residual streams
             interpolate_mode=interpolate_mode,
             with_cp=with_cp,
             wkv_token_split=wkv_token_split,
             wkv_eps=wkv_eps,
         )
+        self.ln1 = None  # the official attribute, set to None by VRWKV_Adapter: no final norm
+        self._init_trunk_weights()  # before the adapter modules exist: the official init order of the RNG
         idx = (
             _default_interactions(depth)
             if interaction_indexes is None
@@ -587,15 +512,15 @@ class VRWKVAdapter(VRWKV):
         return outs, record
 
     def forward_intermediates(self, x: Tensor, indices: int | Sequence[int] | None = None) -> list[Tensor]:
+        """Not available: code written for the plain :class:`~medurwkv.models.vrwkv.VRWKV` is told what to use."""
         raise NotImplementedError(
             "VRWKVAdapter returns its multi-scale maps from forward(x); "
             "use forward_debug(x) for intermediate tensors"
         )
 
 
-# ADE20K adapter configs as data (spec/adapter.md §1); all released adapters used 16 chunks, EPS 0.
-_ADE = dict(wkv_token_split=16, wkv_eps=0.0)
-_ADAPTER_COMMON = dict(img_size=224, patch_size=16, conv_inplane=64, n_points=4, cffn_ratio=0.25, **_ADE)
+# ADE20K adapter configs as data (docs/adapter.md); the kernel constants are those of each release.
+_ADAPTER_COMMON = dict(img_size=224, patch_size=16, conv_inplane=64, n_points=4, cffn_ratio=0.25)
 _STAGES_12 = [[0, 2], [3, 5], [6, 8], [9, 11]]
 
 
@@ -604,8 +529,9 @@ def _adapter(size: str, **kw: Any) -> tuple[dict[str, Any], PretrainedCfg]:
     cfg = dict(_ADAPTER_COMMON, depth=12, post_norm=True, init_values=1e-5, interaction_indexes=_STAGES_12)
     cfg.update(kw)
     cfg["interaction_indexes"] = [list(p) for p in cfg["interaction_indexes"]]  # fresh lists per config
-    file = f"upernet_vrwkv_adapter_{size}_512_160k_ade20k.pth"
-    return cfg, PretrainedCfg.official(file, layout="mmseg", **_ADE)
+    pre = release(f"upernet_vrwkv_adapter_{size}_512_160k_ade20k.pth")
+    cfg.update(wkv_token_split=pre.wkv_token_split, wkv_eps=pre.wkv_eps)
+    return cfg, pre
 
 
 ADAPTER_CONFIGS: dict[str, tuple[dict[str, Any], PretrainedCfg]] = {

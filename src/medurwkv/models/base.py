@@ -1,4 +1,4 @@
-"""The one contract every segmentation model and encoder implements (``docs/architecture.md``).
+"""The one contract every segmentation model and encoder implements (``docs/models.md``, ``docs/architecture.md``).
 
 A segmentation model maps ``(B, in_channels, H, W)`` to logits ``(B, num_classes, H, W)`` for any ``H, W``: it
 pads the input bottom/right to a multiple of :attr:`SegmentationModel.pad_multiple` and crops the logits back
@@ -13,6 +13,10 @@ from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..utils import is_tracing
+from .layers import check_input
+from .modules import split_decay_params
 
 __all__ = ["PAD_MODES", "Encoder", "SegmentationModel", "pad_to_multiple"]
 
@@ -29,7 +33,7 @@ def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant") -> Tensor:
         raise ValueError(f"expected pad mode in {PAD_MODES}, got {mode!r}")
     H, W = x.shape[-2:]
     pad = (0, (-W) % multiple, 0, (-H) % multiple)  # (left, right, top, bottom)
-    if not (pad[1] or pad[3]):
+    if not (pad[1] or pad[3]) and not is_tracing():  # a traced graph must pad at every size, also by 0
         return x
     if mode == "reflect" and (pad[1] >= W or pad[3] >= H):
         mode = "replicate"
@@ -38,7 +42,10 @@ def pad_to_multiple(x: Tensor, multiple: int, mode: str = "constant") -> Tensor:
 
 class Encoder(nn.Module):
     """A multi-scale encoder: ``forward(x) -> list`` of NCHW maps, map ``i`` with ``out_channels[i]`` channels at
-    stride ``strides[i]`` (increasing). ``pad_multiple`` is the input size multiple it needs."""
+    stride ``strides[i]`` (increasing). ``pad_multiple`` is the input size multiple it needs.
+
+    Implementations: ``VRWKVAdapter`` (adapter.py), ``PlainVRWKVEncoder`` (encoders.py), ``UNetEncoder`` (unet.py).
+    """
 
     out_channels: list[int]
     strides: list[int]
@@ -49,8 +56,9 @@ class SegmentationModel(nn.Module):
     """Base class of every segmentation model (Med-URWKV family, U-Net, ...).
 
     Subclasses set ``in_channels``, ``num_classes``, ``pad_multiple``, ``pad_mode`` and ``encoder`` and implement
-    :meth:`forward_padded` (inputs already padded to ``pad_multiple``). ``create_model`` attaches
-    ``model_spec = {"name", "kwargs"}``, from which a checkpoint rebuilds the model.
+    :meth:`forward_padded` (inputs already padded to ``pad_multiple``); a model with a pretrained part overrides
+    :meth:`pretrained_target`. ``create_model`` attaches ``model_spec = {"name", "kwargs"}``, from which a
+    checkpoint rebuilds the model.
     """
 
     in_channels: int
@@ -70,6 +78,8 @@ class SegmentationModel(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, H, W)`` -> logits ``(B, num_classes, H, W)``: pad bottom/right, run, crop back."""
+        check_input(x, self.in_channels)
         H, W = x.shape[-2:]
         return self.forward_padded(pad_to_multiple(x, self.pad_multiple, self.pad_mode))[..., :H, :W]
 
@@ -105,5 +115,18 @@ class SegmentationModel(nn.Module):
     def param_groups(
         self, lr: float, encoder_lr_scale: float = 1.0, weight_decay: float = 1e-4
     ) -> list[dict]:
-        """AdamW parameter groups (no decay on norms, biases and the RWKV decay/mix vectors)."""
-        raise NotImplementedError
+        """AdamW parameter groups: :meth:`pretrained_target` at ``lr * encoder_lr_scale``, the rest at ``lr``.
+
+        Each part is split into decay / no-decay (no decay on tensors with ndim <= 1 and on the names in
+        ``modules.NO_DECAY_NAMES``: position/level embeddings, RWKV decay/first/mix vectors, gammas). Without a
+        pretrained target every parameter is in one decay / no-decay pair at ``lr``. Frozen parameters are
+        included (they join training when the encoder is unfrozen).
+        """
+        target = self.pretrained_target()
+        if target is None:
+            return split_decay_params(self.named_parameters(), lr, weight_decay)
+        enc_ids = {id(p) for p in target.parameters()}
+        rest = [(n, p) for n, p in self.named_parameters() if id(p) not in enc_ids]
+        return split_decay_params(
+            target.named_parameters(), lr * encoder_lr_scale, weight_decay, tag="encoder_"
+        ) + split_decay_params(rest, lr, weight_decay, tag="decoder_")

@@ -1,4 +1,4 @@
-"""Med-URWKV bottleneck + patch-expanding VRWKV decoder (``spec/med-urwkv.md`` §1, our concrete design).
+"""Med-URWKV bottleneck + patch-expanding VRWKV decoder (``docs/models.md``, our concrete design).
 
 The decoder only sees a list of NCHW maps ``[X1, ..., Xn]`` with known channels and strides (each stride twice
 the previous one, e.g. 4/8/16/32), all projected to the decoder width ``dim``:

@@ -10,9 +10,9 @@ How the Bi-WKV operator is exported (findings with torch 2.13, see ``docs/models
   Python loops over sizes, ``cummax``); while tracing, ``bi_wkv(impl="auto")`` therefore switches to the
   export-friendly ``"scan"`` path (``medurwkv.ops._wkv_scan``): the same exact arithmetic, O(T) memory, built
   from ONNX-supported ops with the token count kept symbolic;
-* the graph is size-dynamic where every traced size stays symbolic: the plain VRWKV models are; the adapter
-  encoder bakes its deformable-attention level sizes. A dynamic export is therefore verified at a second size
-  and refused with a clear error when it is not truly dynamic (export those with ``dynamic=False``).
+* the graph is size-dynamic where every traced size stays symbolic (the pad step pads at every size while
+  tracing, see ``SegmentationModel.forward``). A dynamic export is verified at a second size and refused with a
+  clear error when it is not truly dynamic (export those with ``dynamic=False``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .base import SegmentationModel
 
 __all__ = ["export_onnx", "run_onnx", "DEFAULT_OPSET"]
 
@@ -72,7 +74,7 @@ def _compare(model: nn.Module, path: Path, x: torch.Tensor) -> float:
 
 
 def export_onnx(
-    model: nn.Module,
+    model: SegmentationModel,
     path: str | Path,
     *,
     sample_shape: tuple[int, int, int, int] | None = None,
@@ -85,7 +87,7 @@ def export_onnx(
     """Export ``model`` (eval mode, float32, CPU) to ONNX at ``path`` and optionally verify it.
 
     Args:
-        model: a model mapping (B, C, H, W) -> (B, K, H, W); it is put in eval mode (restored afterwards).
+        model: a segmentation model (B, C, H, W) -> (B, K, H, W); it is put in eval mode (restored afterwards).
         path: output ``.onnx`` file (parent folders are created).
         sample_shape: the tracing input shape; default ``(1, model.in_channels, 64, 64)``. For a static export
             this is the only shape the file accepts.
@@ -110,7 +112,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if sample_shape is None:
-        sample_shape = (1, int(getattr(model, "in_channels", 3)), 64, 64)
+        sample_shape = (1, model.in_channels, 64, 64)
     if len(sample_shape) != 4:
         raise ValueError(f"expected sample_shape (B, C, H, W), got {sample_shape}")
     was_training = model.training
@@ -153,7 +155,7 @@ def export_onnx(
                         f"for {path}"
                     )
                 if dynamic:
-                    m = int(getattr(model, "pad_multiple", 32))
+                    m = model.pad_multiple
                     B, C, H, W = sample_shape
                     shape2 = (B + 1, C, H + m + 1, W + 2 * m + 3)
                     x2 = torch.randn(*shape2, generator=gen)

@@ -1,4 +1,4 @@
-"""Vision-RWKV building blocks with the official parameter names (``spec/vrwkv.md`` §2).
+"""Vision-RWKV building blocks with the official parameter names (``docs/vrwkv.md``, module tree).
 
 Shapes: tokens are ``(B, T, C)`` in raster (row-major) order over a ``(H, W)`` grid, ``T = H * W``.
 """
@@ -13,8 +13,18 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import bi_wkv
+from ..utils import is_tracing
 
-__all__ = ["q_shift", "DropPath", "PatchEmbed", "SpatialMix", "ChannelMix", "Block", "check_input"]
+__all__ = [
+    "q_shift",
+    "DropPath",
+    "PatchEmbed",
+    "SpatialMix",
+    "ChannelMix",
+    "Block",
+    "check_input",
+    "resize_pos_embed",
+]
 
 
 def q_shift(
@@ -47,6 +57,22 @@ def check_input(x: Tensor, in_channels: int) -> None:
             f"expected input (B, {in_channels}, H, W), got {tuple(x.shape)}; "
             f"create the model with in_channels={x.shape[1] if x.ndim == 4 else '?'} to match your images"
         )
+
+
+def resize_pos_embed(
+    pos_embed: Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int], mode: str = "bicubic"
+) -> Tensor:
+    """Resize a (1, h*w, C) positional grid to (1, H*W, C); a no-op when the grids are equal (mmcls semantics).
+
+    While tracing/exporting the resize always runs: a same-size bicubic resize (align_corners=False) is an exact
+    identity, and skipping it would bake the export size's shortcut into the graph.
+    """
+    if tuple(src_hw) == tuple(dst_hw) and not is_tracing():
+        return pos_embed
+    C = pos_embed.shape[-1]
+    grid = pos_embed.reshape(1, src_hw[0], src_hw[1], C).permute(0, 3, 1, 2)  # (1, C, h, w)
+    grid = F.interpolate(grid, size=tuple(dst_hw), mode=mode, align_corners=False)
+    return grid.flatten(2).transpose(1, 2)  # (1, H*W, C)
 
 
 class DropPath(nn.Module):

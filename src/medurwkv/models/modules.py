@@ -1,5 +1,5 @@
 """Shared model pieces: optimizer parameter groups, a differentiable Haar DWT, and the Med-URWKV-dagger
-modules FAWA and MSCF (``spec/med-urwkv.md`` §2: the paper publishes only their names; the internals are ours).
+modules FAWA and MSCF (``docs/models.md``: the paper publishes only their names; the internals are ours).
 """
 
 from __future__ import annotations

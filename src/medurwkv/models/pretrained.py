@@ -1,25 +1,21 @@
-"""Load the official OpenGVLab Vision-RWKV weights (or any compatible state dict) into our models.
+"""Load the official OpenGVLab Vision-RWKV weights, or your own, into our models (``docs/pretrained.md``).
 
-The official releases (``spec/vrwkv.md`` §4) are mmcls / mmseg / mmdet checkpoints whose backbone keys are
-``backbone.<our module path>``. :func:`load_pretrained` unwraps the checkpoint dict, strips the prefixes,
-drops the task heads, adapts the RGB stem to the model's ``in_channels``, resizes a stored position grid, and
-reports exactly what happened in a :class:`LoadReport`. Files are fetched only when asked, into a local cache
-(``cache_dir`` argument, else ``$MEDURWKV_CACHE``, else ``~/.cache/medurwkv``); nothing is downloaded at
-import.
+The official releases (:mod:`.releases`) are mmcls / mmseg / mmdet checkpoints whose backbone keys are
+``backbone.<our module path>``; their layout (prefix, task heads, RGB stem keys) drives the loading into
+``model.pretrained_target()``: the prefix is stripped, the heads are skipped, the listed stem filters are adapted
+to the model's ``in_channels`` and a stored position grid is resized. Any other checkpoint is the user's own
+weights and loads exactly (strictly, no conversions) into the whole model or into its pretrained target, by a
+rule on the key prefix (:func:`load_pretrained`). Every key's fate is reported in a :class:`LoadReport`. Files
+are fetched only when asked, into a local cache; nothing is downloaded at import.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import pickle
 import re
-import tempfile
 import types
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -30,112 +26,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .registry import PretrainedCfg
-from .vrwkv import resize_pos_embed
+from ..errors import UserError
+from ..utils import default_cache_dir, download, sha256_file
+from .base import SegmentationModel
+from .layers import resize_pos_embed
+from .releases import LAYOUTS, CheckpointLayout, PretrainedCfg, detect_layout, find_release
+from .vrwkv import VRWKVTrunk
 
-__all__ = [
-    "LoadReport",
-    "load_pretrained",
-    "download",
-    "official_releases",
-    "find_release",
-    "default_cache_dir",
-    "CACHE_ENV",
-]
+__all__ = ["CheckpointNotFoundError", "LoadReport", "fetch_weights", "load_pretrained"]
 
-CACHE_ENV = "MEDURWKV_CACHE"
-
-# Checkpoint sub-dicts that hold the weights, tried in this order (mmcv/mmseg/mmdet: "state_dict"; the
-# internimage / DeiT-style trainers: "model"; some DDP savers: "module").
+# Checkpoint sub-dicts that hold the weights, tried in this order (mmcv/mmseg/mmdet and our training
+# checkpoints: "state_dict"; the internimage / DeiT-style trainers: "model"; some DDP savers: "module").
 _CONTAINER_KEYS = ("state_dict", "model", "module")
-_STRIP_PREFIXES = ("module.", "backbone.")
-# Task heads of the official classifiers / segmentors / detectors: not part of any backbone.
-_HEAD_PREFIXES = ("head.", "decode_head.", "auxiliary_head.", "neck.", "rpn_head.", "roi_head.")
+_DDP_PREFIX = "module."
 
 
-# ----------------------------------------------------------------------------------------------------
-# Official release table (spec/vrwkv.md §3.5 and §4)
-# ----------------------------------------------------------------------------------------------------
-
-_SIZES = {"tiny": "T", "small": "S", "base": "B", "large": "L"}
-
-
-def official_releases() -> list[PretrainedCfg]:
-    """Every official Vision-RWKV (v1) weight release with its layout and Bi-WKV kernel constants.
-
-    The kernel constants are those of the CUDA kernel that trained each file (``spec/vrwkv.md`` §3.5):
-    ImageNet T/S/B 32 chunks / EPS 1e-6, VRWKV-L 16 / 1e-6, ADE20K UperNet 16 / 0, COCO Mask R-CNN 32 / 0.
-    URLs point to ``https://huggingface.co/OpenGVLab/Vision-RWKV/resolve/main/<file>``.
-    """
-    rel: list[PretrainedCfg] = []
-    for s in "tsb":
-        rel.append(
-            PretrainedCfg.official(
-                f"vrwkv_{s}_in1k_224.pth",
-                layout="mmcls",
-                wkv_token_split=32,
-                wkv_eps=1e-6,
-                description=f"VRWKV-{s.upper()} ImageNet-1k classifier, 224 px (model vrwkv_{s})",
-            )
-        )
-    rel.append(
-        PretrainedCfg.official(
-            "vrwkv_l_in22k_192.pth",
-            layout="mmcls",
-            wkv_token_split=16,
-            wkv_eps=1e-6,
-            description="VRWKV-L ImageNet-22k pre-training, 192 px, 12x12 pos grid (model vrwkv_l)",
-        )
-    )
-    rel.append(
-        PretrainedCfg.official(
-            "vrwkv_l_22kto1k_384.pth",
-            layout="mmcls",
-            wkv_token_split=16,
-            wkv_eps=1e-6,
-            description="VRWKV-L ImageNet-22k -> 1k fine-tune, 384 px (model vrwkv_l; MLP head skipped)",
-        )
-    )
-    for size, letter in _SIZES.items():
-        rel.append(
-            PretrainedCfg.official(
-                f"upernet_vrwkv_adapter_{size}_512_160k_ade20k.pth",
-                layout="mmseg",
-                wkv_token_split=16,
-                wkv_eps=0.0,
-                description=f"VRWKV-{letter} adapter + UperNet, ADE20K 512 px (VRWKV_Adapter encoder; "
-                "the tiny one is Med-URWKV's encoder source)",
-            )
-        )
-    for size, letter in _SIZES.items():
-        rel.append(
-            PretrainedCfg.official(
-                f"mask_rcnn_vrwkv_adapter_{size}_fpn_1x_coco.pth",
-                layout="mmdet",
-                wkv_token_split=32,
-                wkv_eps=0.0,
-                description=f"VRWKV-{letter} adapter + Mask R-CNN FPN 1x, COCO (VRWKV_Adapter encoder)",
-            )
-        )
-    return rel
-
-
-def find_release(source: str | Path | None) -> PretrainedCfg | None:
-    """The official release whose file name equals the base name of ``source`` (a path or URL), else None."""
-    if source is None or isinstance(source, Mapping):
-        return None
-    text = str(source)
-    name = Path(urllib.parse.urlparse(text).path).name if _is_url(text) else Path(text).name
-    name = urllib.parse.unquote(name)
-    for cfg in official_releases():
-        if cfg.file == name:
-            return cfg
-    return None
-
-
-# ----------------------------------------------------------------------------------------------------
-# Report
-# ----------------------------------------------------------------------------------------------------
+class CheckpointNotFoundError(UserError, FileNotFoundError):
+    """A checkpoint path that does not exist (a user error, and a FileNotFoundError for ``except`` clauses)."""
 
 
 _INDEX = re.compile(r"(?:^|\.)(\d+)(?=\.|$)")
@@ -235,7 +142,7 @@ class LoadReport:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Download cache
+# Finding and reading the file
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -243,103 +150,23 @@ def _is_url(text: str) -> bool:
     return urllib.parse.urlparse(text).scheme in ("http", "https", "file")
 
 
-def default_cache_dir() -> Path:
-    """``$MEDURWKV_CACHE`` if set, else ``~/.cache/medurwkv``."""
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "medurwkv"
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def download(
-    url: str,
-    *,
-    sha256: str | None = None,
-    cache_dir: str | Path | None = None,
-    progress: bool = True,
+def fetch_weights(
+    url: str, *, sha256: str | None = None, cache_dir: str | Path | None = None, progress: bool = True
 ) -> Path:
-    """Fetch ``url`` (http, https or file) into the cache once and return the local path.
+    """Download ``url`` once into ``cache_dir`` (default ``$MEDURWKV_CACHE`` or ``~/.cache/medurwkv``).
 
-    A file already in the cache (same base name) is reused without any network access, which also makes
-    offline use possible: copy the official file into the cache folder by hand. The download goes to a
-    temporary file in the cache folder that is renamed into place only when complete (and, if ``sha256`` is
-    given, verified), so an interrupted or corrupt download never leaves a file that a later call would trust.
+    The file keeps the URL's base name; a file already there (copied by hand for offline use) is reused
+    without network access. Raises :class:`~medurwkv.errors.DownloadError` with what to do offline.
     """
-    from tqdm.auto import tqdm
-
-    parsed = urllib.parse.urlparse(url)
-    if parsed.scheme not in ("http", "https", "file"):
-        raise ValueError(f"expected an http(s):// or file:// URL, got {url!r}")
-    name = urllib.parse.unquote(Path(parsed.path).name)
+    name = urllib.parse.unquote(Path(urllib.parse.urlparse(url).path).name)
     if not name:
-        raise ValueError(f"expected a URL that ends in a file name, got {url!r}")
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    dest = folder / name
-    want = sha256.lower() if sha256 else None
-
-    if dest.is_file():
-        if want is None:
-            return dest
-        got = _sha256_file(dest)
-        if got == want:
-            return dest
-        # A cached file that fails its checksum is stale or corrupt: fetch it again (verified below).
-        warnings.warn(
-            f"cached file {dest} has sha256 {got}, expected {want}; downloading it again", stacklevel=2
-        )
-        dest.unlink()
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-    tmp = Path(tmp_name)
-    try:
-        req = urllib.request.Request(url, headers={"User-Agent": "medurwkv"})
-        try:
-            resp = urllib.request.urlopen(req, timeout=60)
-        except (urllib.error.URLError, OSError) as e:
-            raise OSError(
-                f"could not download {url}: {e}; without network access, download the file elsewhere and "
-                f"pass pretrained=PATH (CLI: --pretrained PATH), or copy it to {dest}"
-            ) from e
-        h = hashlib.sha256()
-        with resp, os.fdopen(fd, "wb") as f:
-            total = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
-            with tqdm(
-                total=int(total) if total else None,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=name,
-                disable=not progress,
-            ) as bar:
-                while block := resp.read(1 << 20):
-                    f.write(block)
-                    h.update(block)
-                    bar.update(len(block))
-            f.flush()
-            os.fsync(f.fileno())
-        got = h.hexdigest()
-        if want is not None and got != want:
-            raise ValueError(
-                f"sha256 mismatch for {url}: expected {want}, got {got}; the download was deleted. "
-                "The file may be corrupt or changed upstream; retry, or pass the right sha256"
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reading checkpoint files
-# ----------------------------------------------------------------------------------------------------
+        raise UserError(f"expected a URL that ends in a file name, got {url!r}")
+    dest = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / name
+    hint = (
+        "without network access, download the file elsewhere and pass pretrained=PATH "
+        f"(CLI: --pretrained PATH), or copy it to {dest}"
+    )
+    return download(url, dest, sha256=sha256, progress=progress, hint=hint)
 
 
 class _Opaque(dict):
@@ -372,28 +199,45 @@ _tolerant_pickle.Unpickler = _TolerantUnpickler  # type: ignore[attr-defined]
 _tolerant_pickle.load = lambda f, **kw: _TolerantUnpickler(f, **kw).load()  # type: ignore[attr-defined]
 
 
+def _unreadable(path: Path, e: BaseException) -> UserError:
+    first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    return UserError(
+        f"expected a PyTorch checkpoint file, got {path} which torch.load cannot read ({type(e).__name__}: "
+        f"{first}); check that the file is complete (re-download or re-copy it)"
+    )
+
+
 def _torch_load(path: Path, *, trusted: bool) -> Any:
     mmap = zipfile.is_zipfile(path)  # zip checkpoints can be memory-mapped: big files need no second copy
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise _unreadable(path, e) from e
         if not trusted:
-            raise ValueError(
+            raise UserError(
                 f"expected a checkpoint of tensors and plain containers, got {path} which also holds Python "
                 f"objects ({str(e).splitlines()[0][:200]}); if you trust the file, pass trust_pickle=True "
                 "(full unpickling can run code)"
             ) from e
+    except Exception as e:  # noqa: BLE001 - torch.load fails in many ways on a file that is not a checkpoint
+        raise _unreadable(path, e) from e
     warnings.warn(
         f"{path.name} holds non-tensor Python objects; unpickling it fully because it is trusted",
         stacklevel=3,
     )
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=_tolerant_pickle)
+    try:
+        return torch.load(
+            path, map_location="cpu", weights_only=False, mmap=mmap, pickle_module=_tolerant_pickle
+        )
+    except Exception as e:  # noqa: BLE001 - as above
+        raise _unreadable(path, e) from e
 
 
 def _extract_state_dict(obj: Any) -> dict[str, Tensor]:
     """Unwrap ``{'state_dict'|'model'|'module': sd}`` (tried in that order) or take the raw dict."""
     if not isinstance(obj, Mapping):
-        raise ValueError(f"expected a checkpoint dict, got {type(obj).__name__}")
+        raise UserError(f"expected a checkpoint dict, got {type(obj).__name__}")
     for key in _CONTAINER_KEYS:
         inner = obj.get(key)
         if isinstance(inner, Mapping) and any(isinstance(v, Tensor) for v in inner.values()):
@@ -401,21 +245,42 @@ def _extract_state_dict(obj: Any) -> dict[str, Tensor]:
             break
     sd = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
     if not sd:
-        raise ValueError(
+        raise UserError(
             "expected a state dict of tensors (directly or under 'state_dict', 'model' or 'module'), got a "
             f"dict with keys {sorted(map(str, obj))[:10]}"
         )
     return sd
 
 
-def _strip(key: str, prefixes: tuple[str, ...]) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for p in prefixes:
-            if key.startswith(p):
-                key, changed = key[len(p) :], True
-    return key
+def _resolve_source(
+    source: str | Path | Mapping[str, Any] | PretrainedCfg,
+    *,
+    sha256: str | None,
+    cache_dir: str | Path | None,
+    progress: bool,
+    trust_pickle: bool,
+) -> tuple[Any, str, PretrainedCfg | None]:
+    """(the loaded checkpoint object, its label for the report, the official release it is, if any)."""
+    if isinstance(source, Mapping):
+        if sha256 is not None:
+            raise UserError(
+                "expected sha256=None for an in-memory checkpoint dict; a checksum needs a file or URL"
+            )
+        return source, "<dict>", None
+    text = source.url if isinstance(source, PretrainedCfg) else str(source)
+    release = find_release(source)
+    if _is_url(text):
+        path = fetch_weights(text, sha256=sha256, cache_dir=cache_dir, progress=progress)
+    else:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise CheckpointNotFoundError(
+                f"expected a checkpoint file or an http(s)/file URL, got {text!r} which does not exist; "
+                "check the path"
+            )
+        if sha256 is not None and (got := sha256_file(path)) != sha256.lower():
+            raise UserError(f"sha256 mismatch for {path}: expected {sha256.lower()}, got {got}")
+    return _torch_load(path, trusted=trust_pickle or release is not None), text, release
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -455,7 +320,7 @@ def _guess(arch: dict[str, Any]) -> str:
 
 def _arch_message(ckpt_sd: Mapping[str, Tensor], model_sd: Mapping[str, Tensor], model: nn.Module) -> str:
     ca, ma = _arch_of(ckpt_sd), _arch_of(model_sd)
-    spec = getattr(model, "model_spec", None)
+    spec = vars(model).get("model_spec")  # set by create_model; a module built by hand has none
     model_name = spec.get("name") if isinstance(spec, Mapping) else None
     return (
         f"checkpoint has {_describe(ca)} (looks like {_guess(ca)}) but the model has {_describe(ma)} "
@@ -470,7 +335,7 @@ def _fmt_keys(keys: list[str], limit: int = 25) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Tensor conversions
+# Tensor conversions (official layouts only)
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -494,26 +359,18 @@ def _square_side(n: int) -> int | None:
     return s if s * s == n else None
 
 
-def _resize_grid(src: Tensor, dst_shape: torch.Size, target: nn.Module) -> Tensor | None:
-    """Bicubically resize a (1, h*w, C) position grid to the model's (1, H*W, C); None if not possible."""
+def _resize_grid(src: Tensor, dst_shape: torch.Size) -> Tensor | None:
+    """Bicubically resize a square (1, h*h, C) position grid to the model's square (1, H*H, C), else None.
+
+    Checkpoints store no grid shape; official grids (and ours: ``img_size`` is one int) are square.
+    """
     if src.ndim != 3 or len(dst_shape) != 3 or src.shape[0] != dst_shape[0] or src.shape[2] != dst_shape[2]:
         return None
-    side = _square_side(src.shape[1])  # the checkpoint stores no grid shape: official grids are square
-    dst_hw = getattr(target, "init_out_size", None)
-    if dst_hw is None or dst_hw[0] * dst_hw[1] != dst_shape[1]:
-        d = _square_side(dst_shape[1])
-        dst_hw = (d, d) if d is not None else None
-    if side is None or dst_hw is None:
+    side, dst = _square_side(src.shape[1]), _square_side(dst_shape[1])
+    if side is None or dst is None:
         return None
     x = src.to(torch.float64 if src.dtype == torch.float64 else torch.float32)
-    return resize_pos_embed(x, (side, side), tuple(dst_hw), mode="bicubic").to(src.dtype)
-
-
-def _wkv_constants(module: nn.Module) -> tuple[int | None, float] | None:
-    for m in module.modules():
-        if hasattr(m, "wkv_token_split") and hasattr(m, "wkv_eps"):
-            return m.wkv_token_split, float(m.wkv_eps)
-    return None
+    return resize_pos_embed(x, (side, side), (dst, dst), mode="bicubic").to(src.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -521,62 +378,60 @@ def _wkv_constants(module: nn.Module) -> tuple[int | None, float] | None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _resolve_source(
-    source: str | Path | Mapping[str, Any],
-    *,
-    sha256: str | None,
-    cache_dir: str | Path | None,
-    progress: bool,
-    trust_pickle: bool,
-) -> tuple[Any, str]:
-    if isinstance(source, Mapping):
-        if sha256 is not None:
-            raise ValueError(
-                "expected sha256=None for an in-memory checkpoint dict; a checksum needs a file or URL"
-            )
-        return source, "<dict>"
-    text = str(source)
-    if _is_url(text):
-        path = download(text, sha256=sha256, cache_dir=cache_dir, progress=progress)
-    else:
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"expected a checkpoint file or an http(s)/file URL, got {text!r} which does not exist"
-            )
-        if sha256 is not None and (got := _sha256_file(path)) != sha256.lower():
-            raise ValueError(f"sha256 mismatch for {path}: expected {sha256.lower()}, got {got}")
-    trusted = trust_pickle or find_release(text) is not None
-    return _torch_load(path, trusted=trusted), text
+@dataclass
+class _Plan:
+    target: nn.Module
+    label: str
+    layout: CheckpointLayout | None  # None: the user's own weights, loaded exactly as saved
 
 
-def _pick_target(model: nn.Module, sd: dict[str, Tensor]) -> tuple[nn.Module, str, dict[str, Tensor]]:
-    """Choose the (module, key naming) pair that matches the checkpoint best.
+def _strip_ddp(key: str) -> str:
+    while key.startswith(_DDP_PREFIX):
+        key = key[len(_DDP_PREFIX) :]
+    return key
 
-    Official files map onto ``model.pretrained_target()`` (e.g. the encoder of a segmentation model) once
-    ``backbone.`` is stripped; a checkpoint of the whole model (e.g. our own training checkpoint) matches the
-    model itself. Ties prefer the pretrained target with ``backbone.`` stripped, the official case.
+
+def _label(model: nn.Module, target: nn.Module) -> str:
+    return type(model).__name__ if target is model else f"{type(target).__name__} (model.pretrained_target())"
+
+
+def _model_name(model: nn.Module) -> str:
+    spec = vars(model).get("model_spec")
+    return repr(spec["name"]) if spec else type(model).__name__
+
+
+def _plan(model: nn.Module, sd: Mapping[str, Tensor], release: PretrainedCfg | None) -> _Plan:
+    """Which module receives the weights, and whether the official layout's rules apply.
+
+    - An official release (by name) or a checkpoint with ``backbone.`` keys is in an official layout: it goes
+      into ``model.pretrained_target()`` (a :class:`SegmentationModel`) or into the model itself (a bare
+      backbone/encoder such as ``VRWKV`` or ``VRWKVAdapter``).
+    - Anything else is the user's own weights. For a segmentation model whose pretrained target is a
+      submodule at path ``P`` (``encoder`` for Med-URWKV, ``encoder.backbone`` for the pure variant): keys
+      starting with ``P.`` mean a checkpoint of the whole model; otherwise it holds the target's own keys
+      (e.g. a VRWKV backbone you trained). Without a pretrained target it is the whole model's.
     """
-    target = model.pretrained_target() if hasattr(model, "pretrained_target") else model
-    stripped = {_strip(k, _STRIP_PREFIXES): v for k, v in sd.items()}
-    plain = {_strip(k, ("module.",)): v for k, v in sd.items()}
-    candidates = [(target, "pretrained_target", stripped), (target, "pretrained_target", plain)]
-    if target is not model:
-        candidates += [(model, "model", plain), (model, "model", stripped)]
-    best, best_score = candidates[0], -1
-    for mod, label, keys in candidates:
-        own = mod.state_dict().keys()
-        score = sum(k in own for k in keys)
-        if score > best_score:
-            best, best_score = (mod, label, keys), score
-    mod, label, keys = best
-    name = type(mod).__name__ if mod is model else f"{type(mod).__name__} (model.pretrained_target())"
-    return mod, name, keys
+    target = model.pretrained_target() if isinstance(model, SegmentationModel) else model
+    layout_name = release.layout if release is not None else detect_layout(sd)
+    if layout_name is not None:
+        if target is None:
+            raise UserError(
+                f"expected weights of {_model_name(model)} itself, got an official Vision-RWKV checkpoint "
+                f"({layout_name} layout, backbone.* keys), but {_model_name(model)} has no pretrained encoder; "
+                "pass a checkpoint saved from this model, or use a Med-URWKV model for the official weights"
+            )
+        return _Plan(target, _label(model, target), LAYOUTS[layout_name])
+    if target is None or target is model:
+        return _Plan(model, _label(model, model), None)
+    path = next(name for name, m in model.named_modules() if m is target)
+    whole = any(k.startswith(path + ".") for k in sd)
+    chosen = model if whole else target
+    return _Plan(chosen, _label(model, chosen), None)
 
 
 def load_pretrained(
     model: nn.Module,
-    source: str | Path | Mapping[str, Any],
+    source: str | Path | Mapping[str, Any] | PretrainedCfg,
     *,
     sha256: str | None = None,
     strict: bool = True,
@@ -585,77 +440,82 @@ def load_pretrained(
     verbose: bool = True,
     trust_pickle: bool = False,
 ) -> LoadReport:
-    """Load official Vision-RWKV weights (or a compatible state dict) into ``model`` in place.
+    """Load official Vision-RWKV weights, or your own weights of this model, into ``model`` in place.
 
     Args:
-        model: the model; if it has ``pretrained_target()``, the weights go into the module it returns.
-        source: a checkpoint path, an ``http(s)://`` / ``file://`` URL (downloaded once into the cache), or
-            an already-loaded checkpoint dict. The weights are taken from ``state_dict``, ``model`` or
-            ``module`` (first present) or the dict itself; ``module.`` and ``backbone.`` prefixes are stripped
-            and task heads (``head.``, ``decode_head.``, ``auxiliary_head.``, ``neck.``, ``rpn_head.``,
-            ``roi_head.``) are skipped unless the model has the same key with the same shape.
+        model: the model; official weights go into ``model.pretrained_target()`` for a segmentation model.
+        source: a checkpoint path, an ``http(s)://`` / ``file://`` URL (downloaded once into the cache), an
+            already-loaded checkpoint dict, or a :class:`~medurwkv.models.releases.PretrainedCfg` (what
+            ``create_model(..., pretrained=True)`` passes). The weights are taken from ``state_dict``, ``model``
+            or ``module`` (first present) or the dict itself; DDP ``module.`` prefixes are stripped.
         sha256: expected hex digest of the file (verified after download; checked for local files too).
-        strict: raise ``ValueError`` if any model key is missing or any checkpoint key is unexpected.
+        strict: raise :class:`~medurwkv.errors.UserError` if a model key is missing or a checkpoint key is
+            unexpected.
         cache_dir: download folder (default ``$MEDURWKV_CACHE`` or ``~/.cache/medurwkv``).
-        progress: show a tqdm bar while downloading.
+        progress: show a progress bar while downloading.
         verbose: print the :class:`LoadReport`.
         trust_pickle: allow full unpickling of files that hold Python objects besides tensors (official
             release files are trusted by name).
 
-    Conversions: RGB stem filters ``(O, 3, kh, kw)`` are adapted to the model's ``(O, N, kh, kw)`` (sum for
-    N = 1, cyclic repeat scaled by 3/N otherwise); a square ``pos_embed`` grid is resized bicubically to the
-    model's grid. Any other shape difference raises ``ValueError`` naming both architectures (also with
-    ``strict=False``). The model's Bi-WKV kernel constants are never changed; a warning says so when an
-    official release was trained with other constants.
+    Official layout (a release by name, or ``backbone.*`` keys): its :class:`~.releases.CheckpointLayout`
+    says what to strip (``backbone.``), what to skip (task heads) and which RGB stem filters ``(O, 3, kh, kw)``
+    to adapt to the model's ``(O, N, kh, kw)`` (sum for N = 1, cyclic repeat scaled by 3/N otherwise); a square
+    ``pos_embed`` grid is resized bicubically. Your own weights load exactly as saved. Any other shape
+    difference raises a UserError naming both architectures (also with ``strict=False``). The model's Bi-WKV
+    kernel constants are never changed; a warning says so when an official release was trained with others.
     """
-    raw, label = _resolve_source(
+    raw, label, release = _resolve_source(
         source, sha256=sha256, cache_dir=cache_dir, progress=progress, trust_pickle=trust_pickle
     )
-    sd = _extract_state_dict(raw)
-    target, target_name, sd = _pick_target(model, sd)
-    model_sd = target.state_dict()
-    report = LoadReport(source=label, target=target_name)
+    sd = {_strip_ddp(k): v for k, v in _extract_state_dict(raw).items()}
+    plan = _plan(model, sd, release)
+    layout = plan.layout
+    model_sd = plan.target.state_dict()
+    report = LoadReport(source=label, target=plan.label)
 
     to_load: dict[str, Tensor] = {}
     mismatched: list[str] = []
+    ckpt_keys: dict[str, Tensor] = {}  # target-side names of the checkpoint's tensors (heads excluded)
     for key, value in sd.items():
+        if layout is not None:
+            if key.startswith(layout.head_prefixes):
+                report.skipped.append(key)  # a task head: no backbone has it
+                continue
+            key = key.removeprefix(layout.prefix)
+        ckpt_keys[key] = value
         mine = model_sd.get(key)
-        if key.startswith(_HEAD_PREFIXES) and (mine is None or mine.shape != value.shape):
-            report.skipped.append(key)  # a task head the model does not share
-            continue
         if mine is None:
             report.unexpected.append(key)
-            continue
-        if mine.shape == value.shape:
+        elif mine.shape == value.shape:
             to_load[key] = value
             report.loaded.append(key)
-            continue
-        if (
-            key.rsplit(".", 1)[-1] == "pos_embed"
-            and (grid := _resize_grid(value, mine.shape, target)) is not None
+        elif (
+            layout is not None
+            and key.rsplit(".", 1)[-1] == "pos_embed"
+            and (grid := _resize_grid(value, mine.shape)) is not None
         ):
             to_load[key] = grid
             report.resized.append(key)
-            continue
-        if (
-            value.ndim == 4
+        elif (
+            layout is not None
+            and key in layout.stem_keys
+            and value.ndim == 4
             and mine.ndim == 4
             and value.shape[1] == 3
-            and value.shape[0] == mine.shape[0]
-            and value.shape[2:] == mine.shape[2:]
+            and (value.shape[0], *value.shape[2:]) == (mine.shape[0], *mine.shape[2:])
         ):
             to_load[key] = _adapt_stem(value, mine.shape[1])
             report.adapted.append(key)
-            continue
-        mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(mine.shape)}")
-    report.missing = [k for k in model_sd if k not in sd]
+        else:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(mine.shape)}")
+    report.missing = [k for k in model_sd if k not in ckpt_keys]
 
     if mismatched:
         shown = "; ".join(mismatched[:8]) + (
             f"; ... ({len(mismatched) - 8} more)" if len(mismatched) > 8 else ""
         )
-        raise ValueError(
-            f"{_arch_message(sd, model_sd, model)}: {len(mismatched)} tensor shapes differ ({shown}); "
+        raise UserError(
+            f"{_arch_message(ckpt_keys, model_sd, model)}: {len(mismatched)} tensor shapes differ ({shown}); "
             "create the model with the checkpoint's architecture (e.g. the matching create_model name)"
         )
     if strict and not report.ok:
@@ -666,35 +526,28 @@ def load_pretrained(
             parts.append(
                 f"unexpected in the checkpoint ({len(report.unexpected)}): {_fmt_keys(report.unexpected)}"
             )
-        raise ValueError(
+        raise UserError(
             f"expected the checkpoint keys to match the model exactly, got {'; '.join(parts)}. "
-            f"{_arch_message(sd, model_sd, model)}. Pass strict=False to load the matching keys and keep the "
-            "rest at their initial values"
+            f"{_arch_message(ckpt_keys, model_sd, model)}. Pass strict=False to load the matching keys and keep "
+            "the rest at their initial values"
         )
 
-    result = target.load_state_dict(to_load, strict=False)
-    if result.unexpected_keys:  # cannot happen: to_load only has model keys; guard against silent drift
-        raise RuntimeError(f"internal error: unexpected keys {result.unexpected_keys}")
-
-    _warn_kernel_constants(model, target, source)
+    plan.target.load_state_dict(to_load, strict=False)  # to_load holds only target keys, checked above
+    if release is not None and isinstance(plan.target, VRWKVTrunk):
+        _warn_kernel_constants(release, plan.target)
     if verbose:
         print(report)
     return report
 
 
-def _warn_kernel_constants(model: nn.Module, target: nn.Module, source: Any) -> None:
-    if not (hasattr(model, "set_wkv_constants") or hasattr(target, "set_wkv_constants")):
-        return
-    release = find_release(source)
-    have = _wkv_constants(target)
-    if release is None or have is None:
-        return
-    want = (release.wkv_token_split, float(release.wkv_eps))
+def _warn_kernel_constants(release: PretrainedCfg, target: VRWKVTrunk) -> None:
+    have, want = target.wkv_constants, (release.wkv_token_split, float(release.wkv_eps))
     if have != want:
-        msg = (
+        warnings.warn(
             f"{release.file} was trained with Bi-WKV token_split={want[0]}, eps={want[1]:g} but the model "
             f"uses token_split={have[0]}, eps={have[1]:g}; outputs will differ slightly from the "
             "official ones. Keep this deliberately, or create the model with "
-            f"create_model(..., wkv_token_split={want[0]}, wkv_eps={want[1]:g})"
+            f"create_model(..., wkv_token_split={want[0]}, wkv_eps={want[1]:g})",
+            UserWarning,
+            stacklevel=3,
         )
-        warnings.warn(msg, UserWarning, stacklevel=3)

@@ -3,7 +3,9 @@
 Four down steps (double 3x3 conv + BN + ReLU, then 2x2 max-pool), a double-conv bottom, four up steps
 (2x2 transposed conv, concat the skip, double conv) and a 1x1 head. With ``base_channels=64`` it has ~31 M
 parameters, the size of the original network. Inputs of any size are zero-padded (bottom/right) to a multiple
-of 16 and the logits are cropped back, so ``(B, in_channels, H, W) -> (B, num_classes, H, W)``.
+of 16 and the logits are cropped back (``SegmentationModel.forward``), so
+``(B, in_channels, H, W) -> (B, num_classes, H, W)``. It has no pretrained release; ``create_model("unet",
+pretrained=PATH)`` loads your own weights (``docs/models.md``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import check_input
-from .modules import split_decay_params
+from .base import Encoder, SegmentationModel
 from .registry import register_model
 
-__all__ = ["UNet", "DoubleConv"]
+__all__ = ["UNet", "UNetEncoder", "DoubleConv"]
 
 
 class DoubleConv(nn.Sequential):
@@ -33,8 +34,38 @@ class DoubleConv(nn.Sequential):
         )
 
 
-class UNet(nn.Module):
-    """U-Net with ``depth`` pooling steps; channels ``base_channels * 2**i`` at level ``i``."""
+class UNetEncoder(Encoder):
+    """The contracting path: ``len(widths)`` double convs, each followed by a 2x2 max-pool except the last.
+
+    ``forward`` returns the skip maps (before pooling), ``widths[i]`` channels at stride ``2**i``. Its blocks are
+    children ``"0"``, ``"1"``, ... so that, registered as the U-Net's ``down``, the keys stay ``down.{i}.*``.
+    """
+
+    def __init__(self, in_channels: int, widths: list[int]) -> None:
+        super().__init__()
+        prev = in_channels
+        for i, w in enumerate(widths):
+            self.add_module(str(i), DoubleConv(prev, w))
+            prev = w
+        self.out_channels = list(widths)
+        self.strides = [2**i for i in range(len(widths))]
+        self.pad_multiple = 2 ** len(widths)  # the U-Net's bottom pools once more
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        skips: list[Tensor] = []
+        for i, block in enumerate(self.children()):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        return skips  # (B, widths[i], H / 2**i, W / 2**i)
+
+
+class UNet(SegmentationModel):
+    """U-Net with ``depth`` pooling steps; channels ``base_channels * 2**i`` at level ``i``.
+
+    ``encoder`` is the contracting path (:class:`UNetEncoder`, registered as ``down``); the bottom, the up path
+    and the head form the decoder side. It has no pretrained part: ``pretrained_target()`` is None and
+    ``freeze_encoder()`` is a no-op.
+    """
 
     def __init__(
         self,
@@ -49,11 +80,7 @@ class UNet(nn.Module):
         self.in_channels, self.num_classes = in_channels, num_classes
         self.pad_multiple = 2**depth
         widths = [base_channels * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList()
-        prev = in_channels
-        for w in widths[:-1]:
-            self.down.append(DoubleConv(prev, w))
-            prev = w
+        self.down = UNetEncoder(in_channels, widths[:-1])
         self.bottom = DoubleConv(widths[-2], widths[-1])
         self.up = nn.ModuleList()
         self.up_conv = nn.ModuleList()
@@ -62,35 +89,17 @@ class UNet(nn.Module):
             self.up_conv.append(DoubleConv(2 * widths[i - 1], widths[i - 1]))
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(x, self.in_channels)
-        H, W = x.shape[-2:]
-        m = self.pad_multiple
-        x = F.pad(x, (0, (-W) % m, 0, (-H) % m))  # zero pad bottom/right -> multiples of 2**depth
-        skips: list[Tensor] = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottom(x)
+    @property
+    def encoder(self) -> UNetEncoder:  # registered as `down`: checkpoints keep their down.{i}.* keys
+        return self.down
+
+    def forward_padded(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, Hp, Wp)``, Hp and Wp multiples of ``2**depth`` -> ``(B, num_classes, Hp, Wp)``."""
+        skips = self.down(x)
+        x = self.bottom(F.max_pool2d(skips[-1], 2))
         for up, conv, skip in zip(self.up, self.up_conv, reversed(skips)):
             x = conv(torch.cat([skip, up(x)], dim=1))
-        return self.head(x)[..., :H, :W]  # (B, num_classes, H, W)
-
-    # The baseline has no pretrained encoder: these keep the model API uniform with Med-URWKV.
-    def pretrained_target(self) -> nn.Module:
-        raise ValueError(
-            "expected a model with a pretrained encoder, got 'unet' which has no official release"
-        )
-
-    def freeze_encoder(self, frozen: bool = True) -> None:
-        """No-op: the U-Net is trained from scratch and has no pretrained encoder to freeze."""
-
-    def param_groups(
-        self, lr: float, encoder_lr_scale: float = 1.0, weight_decay: float = 1e-4
-    ) -> list[dict]:
-        """AdamW groups: decay on conv weights, none on BatchNorm parameters and biases."""
-        return split_decay_params(self.named_parameters(), lr, weight_decay)
+        return self.head(x)
 
 
 register_model(
