@@ -1,22 +1,21 @@
-"""The `medurwkv data ...` CLI, called in-process through argparse."""
+"""The `medurwkv data ...` CLI (`medurwkv.cli.data`), called in-process through `medurwkv.cli.main`.
+
+User errors exit with 2 (one line on stderr), see tests/cli/test_cli_data.py for the error policy itself.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import stat
 
 from data_synth import hc18_archive, tiny_dataset
 
-from medurwkv.data import commands, load_split
+from medurwkv.cli import main
+from medurwkv.data import load_split
 
 
 def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="medurwkv")
-    sub = parser.add_subparsers(dest="command")
-    commands.add_parser(sub)
-    args = parser.parse_args(list(argv))
-    return args.func(args)
+    return main(list(argv))
 
 
 def test_data_without_subcommand_prints_help(capsys):
@@ -31,7 +30,7 @@ def test_check_ok_and_failing(tmp_path, capsys):
     assert "pairs: 8" in out and "OK" in out
     assert json.loads((tmp_path / "r.json").read_text())["ok"] is True
     (root / "masks" / "001_HC.png").unlink()
-    assert run_cli("data", "check", str(root), "--no-progress") == 1
+    assert run_cli("data", "check", str(root), "--no-progress") == 2
     assert "images/001_HC.png has no mask" in capsys.readouterr().out
 
 
@@ -42,7 +41,7 @@ def test_split_writes_frozen_file_and_folds(tmp_path, capsys):
     split = load_split(path)
     assert split.seed == 3 and split.group == r"^(\d{3})_"
     assert "wrote" in capsys.readouterr().out
-    assert run_cli("data", "split", str(root)) == 1
+    assert run_cli("data", "split", str(root)) == 2
     assert "already exists" in capsys.readouterr().err
     assert (
         run_cli("data", "split", str(root), "--folds", "2", "--fold", "1", "--group", "none", "--force") == 0
@@ -57,7 +56,7 @@ def test_split_read_only_folder_suggests_out(tmp_path, capsys):
     mode = root.stat().st_mode
     root.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     try:
-        assert run_cli("data", "split", str(root)) == 1
+        assert run_cli("data", "split", str(root)) == 2
         assert "--out" in capsys.readouterr().err
         out = tmp_path / "my_split.json"
         assert run_cli("data", "split", str(root), "--out", str(out)) == 0
@@ -75,6 +74,6 @@ def test_prepare_cli(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "prepared 4 image/mask pairs" in out and "OK: no errors" in out
-    assert run_cli("data", "prepare", "hc18", str(archive), str(tmp_path / "out")) == 1
+    assert run_cli("data", "prepare", "hc18", str(archive), str(tmp_path / "out")) == 2
     assert "not empty" in capsys.readouterr().err
-    assert run_cli("data", "prepare", "nope", str(archive), str(tmp_path / "o2")) == 1
+    assert run_cli("data", "prepare", "nope", str(archive), str(tmp_path / "o2")) == 2

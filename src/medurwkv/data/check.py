@@ -15,8 +15,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .index import DatasetIndex, default_class_names, discover
-from .io import ImageReadError, image_hash, read_label_array
+from .index import DatasetIndex, contiguous_classes, discover, stray_label_message
+from .io import ImageReadError, image_hash, read_mask
 
 __all__ = ["CheckReport", "DatasetCheckError", "check_dataset"]
 
@@ -112,6 +112,10 @@ def _rel(index: DatasetIndex, p: Path) -> str:
         return str(p)
 
 
+def _jpeg_hint(mask: Path) -> str:
+    return " (JPEG masks are lossy: threshold them)" if mask.suffix.lower() in (".jpg", ".jpeg") else ""
+
+
 def _discovery_messages(index: DatasetIndex, report: CheckReport) -> None:
     mask_dir, image_dir = ("labelsTr", "imagesTr") if index.layout == "nnunet" else ("masks", "images")
     image_stems = {index.image_path(i).stem for i in index.ids} | {p.stem for p in index.unpaired_images}
@@ -154,20 +158,21 @@ def check_dataset(
     num_classes: int | None = None,
     *,
     progress: bool = True,
-    check_duplicates: bool = True,
 ) -> CheckReport:
     """Validate a dataset folder and summarise it; never raises for dataset problems (see ``.errors``).
 
     Checks: every image has a mask and vice versa, unique stems, readable files, image and mask sizes
-    match, mask values within ``0..num_classes-1`` (``num_classes`` from the argument, dataset.json, or
-    inferred from the masks), duplicate image content (warning). The summary holds counts, a size
-    histogram, channels, dtypes and class pixel frequencies.
+    match, mask values within ``0..num_classes-1`` (``num_classes`` from the argument or dataset.json),
+    or, with no declared classes, contiguous label values ``0..K-1`` over the whole dataset (a value
+    beyond a gap, e.g. the 7 of {0, 1, 7}, is an error naming each mask that holds it), duplicate image
+    content (warning). The summary holds counts, a size histogram, channels, dtypes and class pixel
+    frequencies. See docs/data.md ("`medurwkv data check DIR`").
     """
     root = Path(root).expanduser()
     report = CheckReport(root=root)
     try:
         index = discover(root, num_classes=num_classes)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, UserError) as e:
         report.errors.append(str(e))
         return report
     report.index = index
@@ -189,36 +194,30 @@ def check_dataset(
         img_paths = index.image_paths[sample_id]
         try:
             image = index.load_image(sample_id)
-        except (ImageReadError, FileNotFoundError, ValueError) as e:
+        except (UserError, FileNotFoundError) as e:  # ImageReadError, channel files of different sizes
             report.errors.append(str(e))
             image = None
         try:
-            raw = read_label_array(index.mask_paths[sample_id])
-        except (ImageReadError, FileNotFoundError, ValueError) as e:
+            mask = read_mask(index.mask_paths[sample_id])  # int64 (H, W); 0/255 masks read as {0, 1}
+        except (ImageReadError, FileNotFoundError) as e:
             report.errors.append(str(e))
-            raw = None
+            mask = None
         if image is not None:
             sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
             channels[1 if image.ndim == 2 else image.shape[2]] += 1
             dtypes[str(image.dtype)] += 1
-            if check_duplicates:
-                hashes[image_hash(image)].append(sample_id)
-        if raw is None:
+            hashes[image_hash(image)].append(sample_id)
+        if mask is None:
             continue
-        if image is not None and raw.shape[:2] != image.shape[:2]:
+        if image is not None and mask.shape != image.shape[:2]:
             report.errors.append(
                 f"size mismatch for {sample_id!r}: image {_rel(index, img_paths[0])} is "
                 f"{image.shape[0]}x{image.shape[1]} (HxW) but mask "
-                f"{_rel(index, index.mask_paths[sample_id])} is {raw.shape[0]}x{raw.shape[1]}; masks must "
+                f"{_rel(index, index.mask_paths[sample_id])} is {mask.shape[0]}x{mask.shape[1]}; masks must "
                 "have the image's size (re-export the mask)"
             )
-        full = 65535 if raw.dtype == np.uint16 else 255
-        counts = np.bincount(raw.ravel().astype(np.int64), minlength=1)  # (max_label+1,)
+        counts = np.bincount(mask.ravel(), minlength=1)  # (max_label + 1,) pixels per label value
         present = np.flatnonzero(counts)
-        if set(present.tolist()) <= {0, full}:
-            # binary 0/255 mask -> labels {0, 1}, exactly as read_mask maps it
-            counts = np.array([counts[0], counts[full] if full < len(counts) else 0], dtype=np.int64)
-            present = np.flatnonzero(counts)
         values_per_id[sample_id] = present
         if len(counts) > len(pixel_counts):
             pixel_counts = np.pad(pixel_counts, (0, len(counts) - len(pixel_counts)))
@@ -227,36 +226,39 @@ def check_dataset(
         image_counts[present] += 1
         empty += int(present.tolist() in ([0], []))
 
-    max_label = int(np.flatnonzero(pixel_counts).max()) if pixel_counts.any() else 0
-    if index.classes_known:
-        k = index.num_classes
-    else:
-        k = max(2, max_label + 1)
-        if max_label + 1 > _MAX_INFERRED_CLASSES:
+    found = np.flatnonzero(pixel_counts).tolist()  # label values present in any mask, ascending
+    if index.classes_known:  # declared in dataset.json or by the num_classes argument
+        k, names = index.num_classes, index.class_names
+        for sample_id, present in values_per_id.items():
+            bad = present[present >= k]
+            if bad.size:
+                report.errors.append(
+                    f"mask {_rel(index, index.mask_paths[sample_id])} has label values {bad[:10].tolist()}, "
+                    f"expected 0..{k - 1} ({k} classes {names}); fix the mask or the classes in dataset.json"
+                    + _jpeg_hint(index.mask_paths[sample_id])
+                )
+    else:  # undeclared: the values must be contiguous 0..K-1 (docs/data.md, "Classes")
+        k, stray = contiguous_classes(found)
+        if k > _MAX_INFERRED_CLASSES:  # stray values beyond a gap are named per file below instead
             report.errors.append(
-                f"masks contain label values up to {max_label}, which would mean {max_label + 1} classes; "
+                f"masks contain label values up to {k - 1}, which would mean {k} classes; "
                 "these look like grayscale intensities (anti-aliased, resized or JPEG masks), not labels: "
                 "threshold them to 0/255 or class indices and save as PNG, or declare the classes in "
                 'dataset.json ({"labels": {"background": 0, ...}})'
             )
-        index.set_inferred_classes(max_label)
-    names = index.class_names if index.classes_known else default_class_names(k)
+        for sample_id, present in values_per_id.items():
+            bad = [v for v in present.tolist() if v in stray]
+            if bad:
+                rel = _rel(index, index.mask_paths[sample_id])
+                report.errors.append(
+                    stray_label_message(rel, bad, k, found) + _jpeg_hint(index.mask_paths[sample_id])
+                )
+        index.set_inferred_classes(k - 1)
+        names = index.class_names
     if len(pixel_counts) < k:  # classes that never occur still get a (zero) entry
         pixel_counts = np.pad(pixel_counts, (0, k - len(pixel_counts)))
         image_counts = np.pad(image_counts, (0, k - len(image_counts)))
 
-    for sample_id, present in values_per_id.items():
-        bad = present[present >= k]
-        if bad.size:
-            report.errors.append(
-                f"mask {_rel(index, index.mask_paths[sample_id])} has label values {bad[:10].tolist()}, "
-                f"expected 0..{k - 1} ({k} classes {names}); fix the mask or the classes in dataset.json"
-                + (
-                    " (JPEG masks are lossy: threshold them)"
-                    if index.mask_paths[sample_id].suffix.lower() in (".jpg", ".jpeg")
-                    else ""
-                )
-            )
     for c in range(1, k):
         if values_per_id and image_counts[c] == 0:
             report.warnings.append(f"class {c} ({names[c]!r}) never appears in any mask")

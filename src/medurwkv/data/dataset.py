@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import UserError
 from .index import DatasetIndex
 from .transforms import AugmentConfig, SegTransform
 
@@ -44,7 +45,7 @@ class SegmentationDataset(Dataset):
         known = set(index.ids)
         missing = [i for i in ids if i not in known]
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{len(missing)} ids are not image/mask pairs of {index.root} (e.g. {missing[:5]}); "
                 "the split does not match the dataset"
             )

@@ -22,26 +22,64 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .io import IMAGE_EXTENSIONS, is_image_file, read_image, read_mask
 
 __all__ = [
     "DatasetIndex",
+    "contiguous_classes",
+    "default_class_names",
     "discover",
     "parse_class_info",
-    "default_class_names",
     "read_spacing_csv",
+    "stray_label_message",
 ]
 
 _NNUNET_IMAGE = re.compile(r"^(?P<id>.+)_(?P<ch>\d{4})$")
 
 
 def default_class_names(num_classes: int) -> list[str]:
-    """Names used when a dataset declares none: binary -> background/foreground, else class_<k>."""
+    """The one default naming rule, for datasets and models that declare no names: binary ->
+    ``["background", "foreground"]``, else ``["background", "class_1", ..., "class_<K-1>"]``."""
     if num_classes < 1:
         raise ValueError(f"expected num_classes >= 1, got {num_classes}")
     if num_classes == 2:
         return ["background", "foreground"]
     return ["background"] + [f"class_{k}" for k in range(1, num_classes)]
+
+
+def contiguous_classes(values: Iterable[int]) -> tuple[int, list[int]]:
+    """Classes of a dataset without declared classes, from the label values found in its masks.
+
+    Undeclared labels must be contiguous, ``0..K-1``: ``K`` is one more than the end of the run 1, 2, ...
+    of present values (at least 2, so a dataset with background only is still binary), and every value
+    above a gap breaks the rule. Returns ``(K, stray)``: ``{0, 1, 7}`` gives ``(2, [7])``, ``{0, 1, 2}``
+    gives ``(3, [])``, ``{0, 2}`` gives ``(2, [2])``. Class 0 may be absent (masks that are all foreground).
+    """
+    present = {int(v) for v in values}
+    top = 0
+    while top + 1 in present:
+        top += 1
+    return max(2, top + 1), sorted(v for v in present if v > top)
+
+
+def stray_label_message(mask: str, stray: Sequence[int], num_classes: int, found: Sequence[int]) -> str:
+    """The error for a mask holding label values that break the contiguous ``0..K-1`` of a dataset without
+    declared classes (see :func:`contiguous_classes`); says how to fix it."""
+    shown = list(stray[:10]) + (["..."] if len(stray) > 10 else [])
+    return (
+        f"mask {mask} has label values {shown} that break the contiguous labels of this dataset: without "
+        f"a dataset.json the values must be 0..K-1, and the masks hold {_short(found)}, so only "
+        f"0..{num_classes - 1} are classes; fix the mask (set those pixels to their class), or declare the "
+        'classes in dataset.json ({"labels": {"background": 0, "lesion": 1, ...}} with values 0..K-1)'
+    )
+
+
+def _short(values: Sequence[int], limit: int = 12) -> str:
+    values = list(values)
+    if len(values) <= limit:
+        return "{" + ", ".join(map(str, values)) + "}"
+    return "{" + ", ".join(map(str, values[: limit - 2])) + f", ..., {values[-1]}" + "}"
 
 
 def parse_class_info(meta: dict, source: str = "dataset.json") -> tuple[list[str], int] | None:
@@ -53,25 +91,25 @@ def parse_class_info(meta: dict, source: str = "dataset.json") -> tuple[list[str
     if "labels" in meta:
         labels = meta["labels"]
         if not isinstance(labels, dict) or not labels:
-            raise ValueError(
+            raise UserError(
                 f'{source}: "labels" must be a non-empty object like {{"background": 0, "head": 1}}, '
                 f"got {labels!r}"
             )
         by_value: dict[int, str] = {}
         for name, value in labels.items():
             if isinstance(value, (list, tuple)) or name == "ignore":
-                raise ValueError(
+                raise UserError(
                     f'{source}: label "{name}": {value!r} is an nnU-Net region/ignore label, which medurwkv '
                     "does not support; use one integer per class (background 0, classes 1..K-1)"
                 )
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f'{source}: label "{name}" must be an integer >= 0, got {value!r}')
+                raise UserError(f'{source}: label "{name}" must be an integer >= 0, got {value!r}')
             if value in by_value:
-                raise ValueError(f'{source}: labels "{by_value[value]}" and "{name}" share value {value}')
+                raise UserError(f'{source}: labels "{by_value[value]}" and "{name}" share value {value}')
             by_value[value] = str(name)
         k = len(by_value)
         if sorted(by_value) != list(range(k)):
-            raise ValueError(
+            raise UserError(
                 f"{source}: label values must be exactly 0..{k - 1} (background = 0), got "
                 f"{sorted(by_value)}; renumber the classes consecutively"
             )
@@ -79,12 +117,12 @@ def parse_class_info(meta: dict, source: str = "dataset.json") -> tuple[list[str
     if "num_classes" in meta:
         k = meta["num_classes"]
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f'{source}: "num_classes" must be an integer >= 1, got {k!r}')
+            raise UserError(f'{source}: "num_classes" must be an integer >= 1, got {k!r}')
         names = meta.get("class_names")
         if names is None:
             return default_class_names(k), k
         if not isinstance(names, list) or len(names) != k:
-            raise ValueError(
+            raise UserError(
                 f'{source}: "class_names" must be a list of {k} names (num_classes = {k}), got {names!r}'
             )
         return [str(n) for n in names], k
@@ -95,9 +133,9 @@ def _load_json(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); fix or delete it") from e
+        raise UserError(f"{path} is not valid JSON ({e}); fix or delete it") from e
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+        raise UserError(f"{path} must hold a JSON object, got {type(meta).__name__}")
     return meta
 
 
@@ -132,16 +170,16 @@ def read_spacing_csv(path: str | Path) -> tuple[dict[str, float], dict[str, dict
             if not row or not any(c.strip() for c in row):
                 continue
             if len(row) <= max(id_col, sp_col):
-                raise ValueError(f"{p}:{lineno}: expected {len(header)} columns, got {row!r}")
+                raise UserError(f"{p}:{lineno}: expected {len(header)} columns, got {row!r}")
             key = _strip_ext(row[id_col])
             try:
                 value = float(row[sp_col])
             except ValueError as e:
-                raise ValueError(
+                raise UserError(
                     f"{p}:{lineno}: spacing {row[sp_col]!r} is not a number (mm per pixel expected)"
                 ) from e
             if not value > 0:
-                raise ValueError(f"{p}:{lineno}: spacing must be > 0 mm, got {value}")
+                raise UserError(f"{p}:{lineno}: spacing must be > 0 mm, got {value}")
             spacing[key] = value
             others: dict[str, float] = {}
             for j, name in enumerate(header):
@@ -188,17 +226,16 @@ class DatasetIndex:
     @property
     def num_classes(self) -> int:
         """Number of classes including background (inferred from the masks if not declared)."""
-        if self._class_names is None:
-            self._infer_classes()
-        assert self._class_names is not None
-        return len(self._class_names)
+        return len(self._classes())
 
     @property
     def class_names(self) -> list[str]:
+        return list(self._classes())
+
+    def _classes(self) -> list[str]:
         if self._class_names is None:
-            self._infer_classes()
-        assert self._class_names is not None
-        return list(self._class_names)
+            self._class_names = self._infer_classes()
+        return self._class_names
 
     @property
     def classes_known(self) -> bool:
@@ -206,18 +243,41 @@ class DatasetIndex:
         return self._class_names is not None
 
     def set_inferred_classes(self, max_label: int) -> None:
-        """Record classes inferred from the largest mask label (used by ``check_dataset``)."""
+        """Record classes ``0..max(1, max_label)`` found by a scan of the masks (``check_dataset``) or taken
+        from elsewhere (the model's classes in ``evaluate``, rank 0's in distributed training)."""
         if self._class_names is None:
             self._class_names = default_class_names(max(2, max_label + 1))
             self.classes_source = "inferred"
 
-    def _infer_classes(self, progress: bool = True) -> None:
+    def _infer_classes(self) -> list[str]:
+        """Scan every mask; the label values must be contiguous (:func:`contiguous_classes`), else raise a
+        ``UserError`` naming the masks that hold the values beyond the gap."""
         from tqdm.auto import tqdm
 
-        hi = 0
-        for i in tqdm(self.ids, desc="scanning mask labels", disable=None if progress else True, leave=False):
-            hi = max(hi, int(read_mask(self.mask_paths[i]).max(initial=0)))
-        self.set_inferred_classes(hi)
+        present: dict[str, list[int]] = {}
+        for i in tqdm(self.ids, desc="scanning mask labels", disable=None, leave=False):
+            present[i] = np.flatnonzero(
+                np.bincount(read_mask(self.mask_paths[i]).ravel(), minlength=1)
+            ).tolist()
+        k, stray = contiguous_classes(v for values in present.values() for v in values)
+        if stray:
+            found = sorted({v for values in present.values() for v in values})
+            bad = [
+                stray_label_message(str(self.mask_paths[i]), [v for v in values if v in stray], k, found)
+                for i, values in present.items()
+                if any(v in stray for v in values)
+            ]
+            raise UserError(
+                f"{len(bad)} mask(s) of {self.root} hold label values beyond the contiguous 0..{k - 1}: "
+                + "; ".join(bad[:20])
+                + (
+                    f"; ... and {len(bad) - 20} more (run `medurwkv data check {self.root}`)"
+                    if len(bad) > 20
+                    else ""
+                )
+            )
+        self.classes_source = "inferred"
+        return default_class_names(k)
 
     def image_path(self, sample_id: str) -> Path:
         """First (or only) image file of a sample."""
@@ -231,7 +291,7 @@ class DatasetIndex:
         parts = [read_image(p) for p in paths]
         shapes = {a.shape[:2] for a in parts}
         if len(shapes) != 1:
-            raise ValueError(
+            raise UserError(
                 f"channel files of {sample_id!r} differ in size {sorted(shapes)}: "
                 f"{', '.join(p.name for p in paths)}; all channels of one case must have the same size"
             )
@@ -368,13 +428,16 @@ def discover(root: str | Path, *, num_classes: int | None = None) -> DatasetInde
 
     ``num_classes`` declares the class count when the folder has no dataset.json (names then default to
     background/foreground or class_<k>); if dataset.json declares a different count this raises.
-    Raises ``FileNotFoundError`` / ``ValueError`` when the folder is missing or no layout is recognised.
+    Raises ``FileNotFoundError`` / ``UserError`` when the folder is missing or no layout is recognised.
     """
     root = Path(root).expanduser()
     if not root.exists():
-        raise FileNotFoundError(f"dataset folder {root} does not exist")
+        raise FileNotFoundError(
+            f"dataset folder {root} does not exist; expected a folder holding images/ and masks/ (or nnU-Net's "
+            "imagesTr/ and labelsTr/): check the path"
+        )
     if not root.is_dir():
-        raise ValueError(
+        raise UserError(
             f"{root} is a file, expected a dataset folder with images/ and masks/; "
             "to convert an archive use `medurwkv data prepare NAME SRC DST`"
         )
@@ -386,7 +449,7 @@ def discover(root: str | Path, *, num_classes: int | None = None) -> DatasetInde
         index = _discover_nnunet(root, meta)
     else:
         subdirs = sorted(p.name + "/" for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        raise ValueError(
+        raise UserError(
             f"{root} is not a dataset folder: expected images/ and masks/ (paired by file stem) or nnU-Net's "
             f"imagesTr/ and labelsTr/, found {subdirs or 'no sub-folders'}; if this is an official archive, "
             "convert it with `medurwkv data prepare NAME SRC DST`"
@@ -397,7 +460,7 @@ def discover(root: str | Path, *, num_classes: int | None = None) -> DatasetInde
         if info is not None:
             names, k = info
             if num_classes is not None and num_classes != k:
-                raise ValueError(
+                raise UserError(
                     f"{meta_path} declares {k} classes {names} but num_classes={num_classes} was requested; "
                     "drop the argument or fix dataset.json"
                 )
@@ -409,15 +472,3 @@ def discover(root: str | Path, *, num_classes: int | None = None) -> DatasetInde
         index._class_names, index.classes_source = default_class_names(num_classes), "argument"
     index.spacing, index.metadata = _find_spacing(root, index.ids)
     return index
-
-
-def subset_index(index: DatasetIndex, ids: Sequence[str]) -> list[str]:
-    """Validate that ids exist in the index and return them as a list (helper for datasets/splits)."""
-    known = set(index.ids)
-    missing = [i for i in ids if i not in known]
-    if missing:
-        raise KeyError(
-            f"{len(missing)} ids are not in {index.root} (e.g. {missing[:5]}); the dataset changed since the "
-            "split was made: restore the files or recreate the split"
-        )
-    return list(ids)

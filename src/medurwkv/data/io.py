@@ -149,7 +149,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
     Gray (and gray+alpha) files give (H, W); RGB/RGBA/palette files give (H, W, 3) (alpha dropped);
     other channel counts (e.g. multi-channel TIFF) are kept. 16-bit PNG/TIFF stay uint16.
-    Raises ``FileNotFoundError`` for a missing file and ``ImageReadError`` (a ``ValueError``) for an
+    Raises ``FileNotFoundError`` for a missing file and ``ImageReadError`` (a ``UserError``) for an
     undecodable or unsupported one, naming the file.
     """
     p = _check_path(path, "image")
@@ -212,7 +212,7 @@ def read_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
 
     A mask whose values are a subset of {0, 255} (8-bit) or {0, 65535} (16-bit) is binary and is mapped to
     {0, 1}; any other mask is taken as a label map as is. With ``num_classes`` every value must lie in
-    ``0..num_classes-1``, otherwise a ``ValueError`` names the file and the offending values.
+    ``0..num_classes-1``, otherwise a ``UserError`` names the file and the offending values.
     """
     arr = read_label_array(path)
     values = _present_values(arr)
@@ -231,7 +231,7 @@ def read_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
                 if p.suffix.lower() in (".jpg", ".jpeg")
                 else ""
             )
-            raise ValueError(
+            raise UserError(
                 f"mask {p} has label values {bad[:10].tolist()} but the dataset has {num_classes} classes "
                 f"(expected values 0..{num_classes - 1}); fix the mask or declare the classes in "
                 f'dataset.json ("labels": {{"background": 0, ...}}).{hint}'

@@ -13,12 +13,10 @@ Recipes: ``hc18``, ``isic2017``, ``isic2018``, ``busi``, ``kvasir-seg``, ``glas`
 
 from __future__ import annotations
 
-import hashlib
-import json
+import functools
 import re
 import shutil
 import tempfile
-import urllib.request
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +26,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
+from ..errors import UserError
+from ..utils import atomic_write_json, download, sha256_file
 from .io import check_writable, read_image, read_label_array, write_mask
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "HC18_URL",
     "RECIPES",
     "PrepareResult",
-    "download",
     "fetch_hc18",
     "fill_outline",
     "prepare",
@@ -47,7 +46,11 @@ HC18_CSV_URL = "https://zenodo.org/records/1327317/files/training_set_pixel_size
 # Unknown here: this project cannot reach Zenodo to hash the archive. With sha256=None the download is
 # not verified; pass the hash (Zenodo shows an md5; compute sha256 once) to pin it.
 HC18_SHA256: str | None = None
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+_FETCH_HINT = (
+    "check the URL (--url / --csv-url) and the network, or download training_set.zip and "
+    "training_set_pixel_size_and_HC.csv from Zenodo record 1327317 by hand and run "
+    "`medurwkv data prepare hc18 training_set.zip training_set_pixel_size_and_HC.csv DST`"
+)
 
 
 @dataclass
@@ -77,12 +80,12 @@ def _safe_extract(archive: Path, dest: Path) -> Path:
             for member in zf.namelist():
                 target = (dest / member).resolve()
                 if root != target and root not in target.parents:
-                    raise ValueError(
+                    raise UserError(
                         f"archive {archive} has an unsafe member path {member!r}; refusing to extract"
                     )
             zf.extractall(dest)
     except zipfile.BadZipFile as e:
-        raise ValueError(f"{archive} is not a valid zip archive ({e}); re-download it") from e
+        raise UserError(f"{archive} is not a valid zip archive ({e}); re-download it") from e
     return dest
 
 
@@ -131,7 +134,7 @@ def _collect(files: Iterable[Path], pattern: str, parent: str | None = None) -> 
             continue
         key = m.groups()
         if key in found and not _same_file(found[key], p):
-            raise ValueError(
+            raise UserError(
                 f"ambiguous source: {found[key]} and {p} have the same name but differ; "
                 "point SRC at one copy of the dataset"
             )
@@ -140,9 +143,7 @@ def _collect(files: Iterable[Path], pattern: str, parent: str | None = None) -> 
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    return hashlib.sha1(a.read_bytes()).digest() == hashlib.sha1(b.read_bytes()).digest()
+    return a.stat().st_size == b.stat().st_size and sha256_file(a) == sha256_file(b)
 
 
 def _check_dst(dst: Path, overwrite: bool) -> None:
@@ -167,7 +168,11 @@ def _prepare_dst(dst: Path, overwrite: bool) -> None:
 
 
 def _write_pair(dst: Path, sample_id: str, image: Path, mask: np.ndarray) -> None:
-    """Copy the image file unchanged (keeps its bit depth) and write the label map as ``masks/<id>.png``."""
+    """Copy the image file unchanged (keeps its bit depth) and write the label map as ``masks/<id>.png``.
+
+    Plain writes, not atomic ones: a recipe that fails removes a new DST as a whole (see ``prepare``), and
+    ``dataset.json``, written atomically after the last pair, marks a finished conversion.
+    """
     shutil.copyfile(image, dst / "images" / f"{sample_id}{image.suffix.lower()}")
     write_mask(dst / "masks" / f"{sample_id}.png", mask.astype(np.uint8))
 
@@ -194,7 +199,7 @@ def _finish(
     doc = {**meta, "numTraining": count}
     if subsets:
         doc["subsets"] = {k: sorted(v) for k, v in subsets.items()}
-    (dst / "dataset.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    atomic_write_json(dst / "dataset.json", doc, indent=1)
     return PrepareResult(dst, count, subsets, notes or [])
 
 
@@ -267,7 +272,7 @@ def fill_outline(outline: np.ndarray) -> tuple[np.ndarray, str]:
     """
     outline = np.asarray(outline, dtype=bool)
     if not outline.any():
-        raise ValueError("outline is empty: no annotation pixels")
+        raise UserError("outline is empty: no annotation pixels")
     filled = ndi.binary_fill_holes(outline)
     touches = outline[0].any() or outline[-1].any() or outline[:, 0].any() or outline[:, -1].any()
     if not touches and filled.sum() > outline.sum():
@@ -297,13 +302,13 @@ def _recipe_hc18(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
     images = _collect(files, r"(\d{3}_\d*HC)\.png")
     annots = _collect(files, r"(\d{3}_\d*HC)_Annotation\.png")
     if not annots:
-        raise ValueError(
+        raise UserError(
             "no HC18 annotations (NNN_HC_Annotation.png) found in the source; expected the official "
             "training_set.zip (or its extracted training_set/ folder)"
         )
     orphans = sorted(k[0] for k in annots if k not in images)
     if orphans:
-        raise ValueError(
+        raise UserError(
             f"{len(orphans)} annotations have no image (e.g. {orphans[:5]}); the archive is incomplete"
         )
     notes = []
@@ -356,13 +361,13 @@ def _recipe_isic(files: list[Path], dst: Path, progress: bool, *, year: int) -> 
     masks = _collect(files, r"(ISIC_\d+)_segmentation\.png", gt_dir)
     if not masks:
         gt_glob = gt_dir.replace(r"(\w+)", "*")
-        raise ValueError(
+        raise UserError(
             f"no ISIC {year} ground truth (ISIC_NNNNNNN_segmentation.png inside {gt_glob}/) found in the "
             "source; pass the extracted folders or the official zips"
         )
     orphans = sorted(k[0] for k in masks if k not in images)
     if orphans:
-        raise ValueError(
+        raise UserError(
             f"{len(orphans)} ISIC masks have no input image (e.g. {orphans[:5]}); add the _Input zips"
         )
     notes = []
@@ -400,14 +405,14 @@ def _recipe_busi(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
         if m:
             masks.setdefault(m.groups(), []).append(p)
     if not images:
-        raise ValueError(
+        raise UserError(
             "no BUSI images ('benign (1).png' ...) found in the source; expected Dataset_BUSI_with_GT/"
             "{benign,malignant,normal}/"
         )
     notes = []
     missing = sorted(f"{c} ({n})" for c, n in images if (c, n) not in masks)
     if missing:
-        raise ValueError(f"{len(missing)} BUSI images have no _mask.png (e.g. {missing[:5]})")
+        raise UserError(f"{len(missing)} BUSI images have no _mask.png (e.g. {missing[:5]})")
     subsets: dict[str, list[str]] = {}
     multi = 0
     for key in _progress(sorted(images, key=lambda k: (k[0], int(k[1]))), "busi", progress):
@@ -418,7 +423,7 @@ def _recipe_busi(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
         for mp in sorted(masks[key]):
             part = _to_binary(mp)
             if part.shape != shape:
-                raise ValueError(f"BUSI mask {mp} is {part.shape} but its image is {shape} (HxW)")
+                raise UserError(f"BUSI mask {mp} is {part.shape} but its image is {shape} (HxW)")
             union |= part  # several lesions come as _mask.png, _mask_1.png, ...: take the union
         multi += len(masks[key]) > 1
         subsets.setdefault(cls, []).append(sid)
@@ -445,12 +450,12 @@ def _recipe_kvasir(files: list[Path], dst: Path, progress: bool) -> PrepareResul
     images = _collect(files, r"([^/]+)\.jpg", "images")
     masks = _collect(files, r"([^/]+)\.jpg", "masks")
     if not masks:
-        raise ValueError(
+        raise UserError(
             "no Kvasir-SEG masks found; expected Kvasir-SEG/images/*.jpg and Kvasir-SEG/masks/*.jpg"
         )
     orphans = _unpaired(images, masks)
     if orphans:
-        raise ValueError(f"{len(orphans)} Kvasir-SEG files are unpaired (e.g. {orphans[:5]})")
+        raise UserError(f"{len(orphans)} Kvasir-SEG files are unpaired (e.g. {orphans[:5]})")
     for key in _progress(sorted(masks), "kvasir-seg", progress):
         sid = key[0]
         mask = _to_binary(masks[key], threshold=128)  # JPEG masks: threshold at 128
@@ -474,13 +479,13 @@ def _recipe_glas(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
     images = _collect(files, r"((train|testA|testB)_\d+)\.bmp")
     masks = _collect(files, r"((train|testA|testB)_\d+)_anno\.bmp")
     if not masks:
-        raise ValueError(
+        raise UserError(
             "no GlaS annotations (train_N_anno.bmp) found; expected the 'Warwick QU Dataset (Released "
             "2016_07_08)' folder"
         )
     unpaired = _unpaired(images, masks)
     if unpaired:
-        raise ValueError(f"{len(unpaired)} GlaS files are unpaired (e.g. {unpaired[:5]})")
+        raise UserError(f"{len(unpaired)} GlaS files are unpaired (e.g. {unpaired[:5]})")
     subsets: dict[str, list[str]] = {}
     for key in _progress(sorted(masks), "glas", progress):
         sid, subset = key
@@ -528,16 +533,12 @@ def prepare(
     """
     key = name.lower()
     if key not in RECIPES:
-        raise ValueError(f"unknown dataset recipe {name!r}; available: {', '.join(sorted(RECIPES))}")
+        raise UserError(f"unknown dataset recipe {name!r}; available: {', '.join(sorted(RECIPES))}")
     sources = [Path(s).expanduser() for s in ([src] if isinstance(src, (str, Path)) else src)]
     dst = Path(dst).expanduser()
     for s in sources:
-        if (
-            s.exists()
-            and s.is_dir()
-            and (dst.resolve() == s.resolve() or s.resolve() in dst.resolve().parents)
-        ):
-            raise ValueError(f"destination {dst} must not be inside the source {s}")
+        if s.is_dir() and (dst.resolve() == s.resolve() or s.resolve() in dst.resolve().parents):
+            raise UserError(f"destination {dst} must not be inside the source {s}")
     _check_dst(dst, overwrite)  # fail fast, before extracting anything
     with tempfile.TemporaryDirectory(prefix="medurwkv-prepare-") as tmp:
         files = _walk(_materialize(sources, Path(tmp)))
@@ -552,53 +553,6 @@ def prepare(
 
 
 # ----------------------------------------------------------------------------------------- download
-
-
-def download(
-    url: str, path: str | Path, *, sha256: str | None = None, progress: bool = True, timeout: float = 60.0
-) -> Path:
-    """Download ``url`` to ``path`` (via ``path.part``) with a progress bar; verify ``sha256`` if given.
-
-    An existing ``path`` is reused when it matches ``sha256`` (or when no hash is given).
-    """
-    path = Path(path)
-    if path.is_file() and (sha256 is None or _sha256(path) == sha256.lower()):
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + ".part")
-    digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(part, "wb") as f:
-            total = int(resp.headers.get("Content-Length") or 0) or None
-            with tqdm(
-                total=total, unit="B", unit_scale=True, desc=path.name, disable=None if progress else True
-            ) as bar:
-                while chunk := resp.read(1 << 20):
-                    f.write(chunk)
-                    digest.update(chunk)
-                    bar.update(len(chunk))
-    except OSError as e:  # URLError, HTTPError and socket errors are OSErrors
-        part.unlink(missing_ok=True)
-        raise OSError(
-            f"download of {url} failed: {e}; check the URL / network, or download it by hand"
-        ) from e
-    got = digest.hexdigest()
-    if sha256 is not None and got != sha256.lower():
-        part.unlink(missing_ok=True)
-        raise ValueError(
-            f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {got}; the download is "
-            "corrupt or the file changed upstream: retry, or pass the new sha256 if you trust it"
-        )
-    part.replace(path)
-    return path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_hc18(
@@ -617,23 +571,15 @@ def fetch_hc18(
 
     Only ever called on explicit request (``medurwkv data fetch hc18 DST``). ``download_dir`` keeps the
     downloaded files (reused on the next call); by default they go to a temporary folder. The pixel-size
-    CSV is a separate file on Zenodo (``csv_url``; None skips it).
+    CSV is a separate file on Zenodo (``csv_url``; None skips it). A failed download (network, HTTP
+    status, checksum) raises :class:`~medurwkv.errors.DownloadError` saying how to get the files by hand.
     """
     dst = Path(dst).expanduser()
     with tempfile.TemporaryDirectory(prefix="medurwkv-fetch-") as tmp:
         where = Path(download_dir).expanduser() if download_dir is not None else Path(tmp)
-        sources = [
-            download(url, where / "training_set.zip", sha256=sha256, progress=progress, timeout=timeout)
-        ]
+        get = functools.partial(download, progress=progress, timeout=timeout, hint=_FETCH_HINT)
+        sources = [get(url, where / "training_set.zip", sha256=sha256)]
         if csv_url:
-            sources.append(
-                download(
-                    csv_url,
-                    where / "training_set_pixel_size_and_HC.csv",
-                    sha256=csv_sha256,
-                    progress=progress,
-                    timeout=timeout,
-                )
-            )
+            sources.append(get(csv_url, where / "training_set_pixel_size_and_HC.csv", sha256=csv_sha256))
         prepare("hc18", sources, dst, overwrite=overwrite, progress=progress)
     return dst

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from collections.abc import Sequence
@@ -31,10 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+from ..utils import atomic_write_json
 from .index import DatasetIndex, discover
 from .io import check_writable
 
 __all__ = [
+    "DEFAULT_FILENAME",
     "HC18_GROUP",
     "SPLIT_FORMAT",
     "Split",
@@ -132,9 +134,12 @@ def _compile_group(group: str | None) -> re.Pattern | None:
     try:
         pattern = re.compile(group)
     except re.error as e:
-        raise ValueError(f"group regex {group!r} is invalid: {e}") from e
+        raise UserError(
+            f"group regex {group!r} is not a valid regular expression ({e}); pass a Python regex with one "
+            "capture group for the patient/exam id (e.g. '^(\\d{3})_'), 'auto' or 'none'"
+        ) from e
     if pattern.groups != 1:
-        raise ValueError(
+        raise UserError(
             f"group regex {group!r} must have exactly one capture group (the patient/exam id), it has "
             f"{pattern.groups}; e.g. '^(\\d{{3}})_' groups HC18's 010_HC with 010_2HC"
         )
@@ -162,7 +167,7 @@ def _groups(ids: Sequence[str], group: str | None) -> dict[str, list[str]]:
             key = m.group(1)
         out.setdefault(key, []).append(i)
     if bad:
-        raise ValueError(
+        raise UserError(
             f"{len(bad)} ids do not match the group regex {group!r} (e.g. {bad[:5]}); fix the regex "
             "(it is applied with re.search to each id = file stem) or pass group=None"
         )
@@ -171,7 +176,7 @@ def _groups(ids: Sequence[str], group: str | None) -> dict[str, list[str]]:
 
 def _check_fraction(name: str, value: float) -> float:
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} fraction must be in [0, 1), got {value}")
+        raise UserError(f"{name} fraction must be in [0, 1), got {value}")
     return float(value)
 
 
@@ -218,10 +223,12 @@ def make_split(
     """
     ids = sorted(set(ids))
     if not ids:
-        raise ValueError("cannot split an empty dataset")
+        raise UserError(
+            "expected image/mask pairs to split, got none; check the dataset with `medurwkv data check DIR`"
+        )
     val, test = _check_fraction("val", val), _check_fraction("test", test)
     if test_ids is None and val + test >= 1.0:
-        raise ValueError(f"val + test = {val + test:.3g} leaves nothing to train on; use smaller fractions")
+        raise UserError(f"val + test = {val + test:.3g} leaves nothing to train on; use smaller fractions")
     groups = _groups(ids, group)
     rng = np.random.default_rng(seed)
     keys = sorted(groups)
@@ -232,10 +239,10 @@ def make_split(
         fixed = set(test_ids)
         unknown = fixed - set(ids)
         if unknown:
-            raise ValueError(f"test ids not in the dataset: {sorted(unknown)[:5]}")
+            raise UserError(f"test ids not in the dataset: {sorted(unknown)[:5]}")
         straddle = [k for k in keys if 0 < len(fixed & set(groups[k])) < len(groups[k])]
         if straddle:
-            raise ValueError(
+            raise UserError(
                 f"the fixed test set splits groups {straddle[:5]} (regex {group!r}); "
                 "choose a group regex compatible with the official test subset or group=None"
             )
@@ -250,9 +257,9 @@ def make_split(
     fold_list: list[dict[str, list[str]]] | None = None
     if folds is not None:
         if folds < 2:
-            raise ValueError(f"folds must be >= 2, got {folds}")
+            raise UserError(f"folds must be >= 2, got {folds}")
         if len(remaining) < folds:
-            raise ValueError(f"{len(remaining)} groups left after the test split cannot make {folds} folds")
+            raise UserError(f"{len(remaining)} groups left after the test split cannot make {folds} folds")
         parts: list[list[str]] = [[] for _ in range(folds)]
         sizes = [0] * folds
         # stable "largest first" dealing keeps fold sizes within one group of each other
@@ -304,18 +311,13 @@ def save_split(split: Split, path: str | Path, *, overwrite: bool = False) -> Pa
     check_writable(
         folder, "pass --out FILE (Python: out=...) to save the split elsewhere, e.g. next to your runs"
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = split.to_json()
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, split.to_json(), indent=1)
 
 
 def _as_ids(doc: dict, key: str, path: Path) -> list[str]:
     value = doc.get(key)
     if not isinstance(value, list) or not all(isinstance(i, str) for i in value):
-        raise ValueError(f"split file {path}: {key!r} must be a list of id strings")
+        raise UserError(f"split file {path}: {key!r} must be a list of id strings")
     return value
 
 
@@ -324,7 +326,7 @@ def load_split(path: str | Path, index: DatasetIndex | None = None, *, fold: int
 
     Verifies the format tag, the checksum (detects hand edits), disjoint splits and (with folds) the
     fold structure. ``fold=i`` selects fold i's train/val. Dataset ids missing from the split give a
-    ``UserWarning`` (the dataset grew); split ids missing from the dataset raise ``ValueError``.
+    ``UserWarning`` (the dataset grew); split ids missing from the dataset raise ``UserError``.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -334,23 +336,23 @@ def load_split(path: str | Path, index: DatasetIndex | None = None, *, fold: int
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ValueError(f"split file {path} is not valid JSON ({e}); recreate it") from e
+        raise UserError(f"split file {path} is not valid JSON ({e}); recreate it") from e
     if not isinstance(doc, dict) or doc.get("format") != SPLIT_FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
-        raise ValueError(
+        raise UserError(
             f"{path} is not a medurwkv split file: expected format {SPLIT_FORMAT!r}, got {found!r}"
         )
     train, val, test = (_as_ids(doc, k, path) for k in ("train", "val", "test"))
     folds = doc.get("folds") or None
     if folds is not None:
         if not isinstance(folds, list) or not all(isinstance(f, dict) for f in folds):
-            raise ValueError(f"split file {path}: 'folds' must be a list of {{train, val}} objects")
+            raise UserError(f"split file {path}: 'folds' must be a list of {{train, val}} objects")
         for f in folds:
             _as_ids(f, "train", path)
             _as_ids(f, "val", path)
     expected = split_checksum(train, val, test, folds)
     if doc.get("checksum") != expected:
-        raise ValueError(
+        raise UserError(
             f"split file {path} fails its checksum (stored {str(doc.get('checksum'))[:12]}..., computed "
             f"{expected[:12]}...): the id lists were edited or the file is damaged; restore it or recreate "
             "the split with `medurwkv data split`"
@@ -359,12 +361,12 @@ def load_split(path: str | Path, index: DatasetIndex | None = None, *, fold: int
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         both = sets[a] & sets[b]
         if both:
-            raise ValueError(f"split file {path}: ids in both {a} and {b}: {sorted(both)[:5]}")
+            raise UserError(f"split file {path}: ids in both {a} and {b}: {sorted(both)[:5]}")
     if folds:
         pool = sets["train"] | sets["val"]
         for j, f in enumerate(folds):
             if set(f["train"]) & set(f["val"]) or set(f["train"]) | set(f["val"]) != pool:
-                raise ValueError(f"split file {path}: fold {j} does not partition the train+val ids")
+                raise UserError(f"split file {path}: fold {j} does not partition the train+val ids")
     split = Split(
         train=sorted(train),
         val=sorted(val),
@@ -381,18 +383,18 @@ def load_split(path: str | Path, index: DatasetIndex | None = None, *, fold: int
     )
     if fold is not None:
         if not folds:
-            raise ValueError(
+            raise UserError(
                 f"fold {fold} requested but split file {path} has no folds (make it with --folds K)"
             )
         if not 0 <= fold < len(folds):
-            raise ValueError(f"fold {fold} out of range: {path} has folds 0..{len(folds) - 1}")
+            raise UserError(f"fold {fold} out of range: {path} has folds 0..{len(folds) - 1}")
         split.train, split.val, split.fold = sorted(folds[fold]["train"]), sorted(folds[fold]["val"]), fold
     if index is not None:
         known = set(index.ids)
         all_ids = sets["train"] | sets["val"] | sets["test"]
         missing = sorted(all_ids - known)
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"split file {path} names {len(missing)} ids that are not (or no longer) image/mask pairs in "
                 f"{index.root} (e.g. {missing[:5]}): the dataset changed since the split was made; restore "
                 "the files, or make a new split (`medurwkv data split ... --force`)"
@@ -421,7 +423,7 @@ def _subset_ids(index: DatasetIndex, names: Sequence[str]) -> list[str]:
     subsets = (index.dataset_json or {}).get("subsets") or {}
     missing = [n for n in names if n not in subsets]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"dataset.json of {index.root} has no subsets {missing}; available: {sorted(subsets) or 'none'}"
         )
     known = set(index.ids)
@@ -440,6 +442,7 @@ def ensure_split(
     out: str | Path | None = None,
     test_subsets: Sequence[str] | None = None,
     index: DatasetIndex | None = None,
+    overwrite: bool = False,
     verbose: bool = True,
 ) -> tuple[Split, Path, bool]:
     """Load the dataset's split file, or create and save a default one; returns (split, path, created).
@@ -448,12 +451,13 @@ def ensure_split(
     seed 0 and ``group="auto"`` (dataset.json ``split_group``, else HC18-style ``^(\\d{3})_`` if every id
     matches, else none) unless given. Loading an existing file with explicitly different settings
     (``val``, ``test``, ``seed``, ``folds``, a concrete ``group``) raises instead of silently ignoring
-    them. Saving into a read-only dataset folder raises ``PermissionError`` suggesting ``out``.
+    them. ``overwrite=True`` always makes a new split and replaces the file (``data split --force``).
+    Saving into a read-only dataset folder raises ``PermissionError`` suggesting ``out``.
     """
     root = Path(root).expanduser()
     index = index if index is not None else discover(root)
     path = Path(out).expanduser() if out is not None else root / DEFAULT_FILENAME
-    if path.exists():
+    if path.exists() and not overwrite:
         split = load_split(path, index, fold=fold)
         asked = {"seed": seed, "folds": folds}
         have = {"seed": split.seed, "folds": len(split.folds) if split.folds else None}
@@ -466,7 +470,7 @@ def ensure_split(
         diff = {k: (v, have[k]) for k, v in asked.items() if v is not None and v != have[k]}
         if diff:
             detail = ", ".join(f"{k}: asked {a!r}, file has {h!r}" for k, (a, h) in diff.items())
-            raise ValueError(
+            raise UserError(
                 f"existing split {path} was made with different settings ({detail}); use it as is "
                 "(drop those options), choose another --out, or delete it to re-split"
             )
@@ -488,10 +492,10 @@ def ensure_split(
     split.test_subsets = list(test_subsets) if test_subsets else None
     if fold is not None:
         if not split.folds:
-            raise ValueError(f"fold {fold} requested without folds; pass folds=K")
+            raise UserError(f"fold {fold} requested without folds; pass folds=K")
         if not 0 <= fold < len(split.folds):
-            raise ValueError(f"fold {fold} out of range 0..{len(split.folds) - 1}")
-    save_split(split, path)
+            raise UserError(f"fold {fold} out of range 0..{len(split.folds) - 1}")
+    save_split(split, path, overwrite=overwrite)
     if fold is not None and split.folds:
         split.train, split.val, split.fold = split.folds[fold]["train"], split.folds[fold]["val"], fold
     if verbose:

@@ -28,6 +28,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -76,7 +78,7 @@ def adapt_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
         return (image[..., :3] @ _LUMA.astype(image.dtype))[..., None]
     if c == 4 and in_channels == 3:
         return image[..., :3]
-    raise ValueError(
+    raise UserError(
         f"image has {c} channels but the model expects in_channels={in_channels}; only gray<->RGB are "
         "converted automatically: build the model with the matching in_channels"
     )
@@ -97,7 +99,7 @@ def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
         mean = image.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)  # (C,)
         std = image.std(axis=(0, 1), dtype=np.float64).astype(np.float32)  # (C,)
         return (image - mean) / np.maximum(std, np.float32(1e-6))
-    raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {mode!r}")
+    raise UserError(f"normalize must be one of {NORMALIZE_MODES}, got {mode!r}")
 
 
 def _size(img_size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -107,7 +109,7 @@ def _size(img_size: int | Sequence[int] | None) -> tuple[int, int] | None:
         return (img_size, img_size)
     size = tuple(int(s) for s in img_size)
     if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"img_size must be an int or (H, W) with positive values, got {img_size!r}")
+        raise UserError(f"img_size must be an int or (H, W) with positive values, got {img_size!r}")
     return size  # type: ignore[return-value]
 
 
@@ -213,9 +215,9 @@ class SegTransform:
         seed: int | None = None,
     ) -> None:
         if normalize not in NORMALIZE_MODES:
-            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
+            raise UserError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
         if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+            raise UserError(f"in_channels must be >= 1, got {in_channels}")
         self.train = train
         self.img_size = _size(img_size)
         self.in_channels = in_channels
@@ -235,7 +237,7 @@ class SegTransform:
         x = adapt_channels(to_float01(image), self.in_channels)  # (H, W, C) float32 in [0, 1]
         if mask is not None:
             if mask.shape[:2] != x.shape[:2]:
-                raise ValueError(
+                raise UserError(
                     f"image is {x.shape[:2]} but mask is {mask.shape[:2]} (HxW); sizes must match"
                 )
             # int32: OpenCV warps/resizes do not accept int64 masks
