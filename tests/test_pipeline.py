@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medurwkv.commands import QUICK_OVERRIDES
+from medurwkv.models import QUICK_OVERRIDES
 from medurwkv.pipeline import DATA_ENV, locate_hc18, run_demo
 
 TINY = QUICK_OVERRIDES["med_urwkv_t"]

@@ -3,43 +3,70 @@
 ``medurwkv demo`` (``make demo``) runs it on a fresh machine. Data: ``$MEDURWKV_DATA/hc18`` when the variable is
 set (a prepared folder, e.g. the project's shared data); otherwise the official HC18 archive is downloaded only
 when ``--download`` is given (Zenodo record 1327317, checksum-verified when a hash is known), prepared (filled
-ellipse masks) into the cache and reused. Python: :func:`run_demo`.
+ellipse masks) into the cache and reused. Python: :func:`run_demo`; the command line is ``medurwkv/cli/demo.py``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import copy
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoConfig", "DemoResult", "locate_hc18", "run_demo", "add_parser", "run"]
+from .engine.config import TrainConfig
+from .errors import UserError
+from .utils import atomic_write_json, default_cache_dir
+
+__all__ = ["DemoConfig", "DemoResult", "DEMO_TRAINING", "demo_training_config", "locate_hc18", "run_demo"]
 
 DATA_ENV = "MEDURWKV_DATA"
+
+# The training options `medurwkv demo` exposes, with the demo's defaults: med_urwkv_t from scratch, about 15 min
+# on 2 CPU cores. Their flags, types and help come from TrainConfig; every other option keeps its default.
+DEMO_TRAINING: dict[str, Any] = dict(
+    model="med_urwkv_t",
+    pretrained=False,
+    img_size=96,
+    epochs=4,
+    batch_size=8,
+    limit=None,
+    max_train_batches=None,
+    model_kwargs={},
+    seed=0,
+    device="auto",
+    num_workers=2,
+    progress=True,
+)
+
+
+def demo_training_config(**overrides: Any) -> TrainConfig:
+    """The demo's training options: TrainConfig defaults, then :data:`DEMO_TRAINING`, then ``overrides``."""
+    return TrainConfig(**copy.deepcopy(DEMO_TRAINING)).replace(**overrides)
 
 
 @dataclass
 class DemoConfig:
-    """Options of the main job. The defaults train ``med_urwkv_t`` from scratch in about 15 min on 2 CPU cores."""
+    """Options of the main job: where the data and the results go, and the training options (``train``)."""
 
-    out: str = "demo_out"
-    data: str | None = None  # a prepared HC18 folder; default: $MEDURWKV_DATA/hc18 or the download cache
-    download: bool = False
-    model: str = "med_urwkv_t"
-    pretrained: bool | str = False
-    img_size: int = 96
-    epochs: int = 4
-    batch_size: int = 8
-    limit: int | None = None  # images per split (smoke runs)
-    max_train_batches: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 2
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    progress: bool = True
+    out: str = field(default="demo_out", metadata={"help": "output folder"})
+    data: str | None = field(
+        default=None, metadata={"help": f"prepared HC18 folder (default ${DATA_ENV}/hc18 or the cache)"}
+    )
+    download: bool = field(default=False, metadata={"help": "download the official HC18 archive if needed"})
+    train: TrainConfig = field(default_factory=demo_training_config)
+
+    def with_options(self, **options: Any) -> DemoConfig:
+        """A copy with demo options (``out``, ``data``, ``download``) and training options (``epochs``, ...)."""
+        own = {f.name for f in fields(self) if f.name != "train"}
+        demo = {k: v for k, v in options.items() if k in own}
+        training = {k: v for k, v in options.items() if k not in own}
+        if "split_file" in training:
+            raise UserError("expected no split_file for the demo, got one: the demo makes its own exam split")
+        return DemoConfig(
+            **{**{k: getattr(self, k) for k in own}, **demo}, train=self.train.replace(**training)
+        )
 
 
 @dataclass
@@ -52,10 +79,6 @@ class DemoResult:
     report: Path | None
     test_dice: float | None
     minutes: float
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("MEDURWKV_CACHE", Path.home() / ".cache" / "medurwkv")).expanduser()
 
 
 def locate_hc18(data: str | Path | None = None, *, download: bool = False, progress: bool = True) -> Path:
@@ -74,7 +97,7 @@ def locate_hc18(data: str | Path | None = None, *, download: bool = False, progr
                 f"unset {DATA_ENV} and pass --download to fetch the official archive"
             )
         return path
-    cached = _cache_root() / "data" / "hc18"
+    cached = default_cache_dir() / "data" / "hc18"
     if (cached / "images").is_dir():
         return cached
     if not download:
@@ -85,7 +108,7 @@ def locate_hc18(data: str | Path | None = None, *, download: bool = False, progr
     from .data.prepare import fetch_hc18
 
     print(f"downloading HC18 (Zenodo record 1327317) and preparing it into {cached}")
-    return fetch_hc18(cached, download_dir=_cache_root() / "downloads", progress=progress)
+    return fetch_hc18(cached, download_dir=default_cache_dir() / "downloads", progress=progress)
 
 
 def run_demo(config: DemoConfig | None = None, **overrides: Any) -> DemoResult:
@@ -96,49 +119,31 @@ def run_demo(config: DemoConfig | None = None, **overrides: Any) -> DemoResult:
     from .engine.report import build_report
     from .engine.train import fit
 
-    cfg = config or DemoConfig()
-    for k, v in overrides.items():
-        if not hasattr(cfg, k):
-            raise ValueError(f"expected a DemoConfig option, got {k!r}")
-        setattr(cfg, k, v)
+    cfg = (config or DemoConfig()).with_options(**overrides)
+    train = cfg.train
     t0 = time.perf_counter()
     out = Path(cfg.out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    data_dir = locate_hc18(cfg.data, download=cfg.download, progress=cfg.progress)
+    data_dir = locate_hc18(cfg.data, download=cfg.download, progress=train.progress)
     index = discover(data_dir)
     print(f"[1/5] data: {data_dir} ({index.summary_line()})")
 
     # Frames of one exam share the 3-digit prefix: split by exam so no patient straddles train and test.
     split, split_file, created = ensure_split(
-        data_dir, group=HC18_GROUP, val=0.1, test=0.2, seed=cfg.seed, out=out / "splits.json", index=index
+        data_dir, group=HC18_GROUP, val=0.1, test=0.2, seed=train.seed, out=out / "splits.json", index=index
     )
     print(f"[2/5] split by exam ({'created' if created else 'reused'} {split_file}): {split.describe()}")
 
     run_dir = out / "run"
-    train_kwargs = dict(
-        data=str(data_dir),
-        out=str(run_dir),
-        split_file=str(split_file),
-        model=cfg.model,
-        pretrained=cfg.pretrained,
-        model_kwargs=cfg.model_kwargs,
-        img_size=cfg.img_size,
-        epochs=cfg.epochs,
-        batch_size=cfg.batch_size,
-        limit=cfg.limit,
-        max_train_batches=cfg.max_train_batches,
-        seed=cfg.seed,
-        device=cfg.device,
-        num_workers=cfg.num_workers,
-        progress=cfg.progress,
-        eval_test=True,
+    size = (
+        "x".join(str(v) for v in train.img_hw) if train.img_hw[0] != train.img_hw[1] else str(train.img_hw[0])
     )
-    print(f"[3/5] training {cfg.model} ({cfg.epochs} epochs, {cfg.img_size}px) into {run_dir}")
+    print(f"[3/5] training {train.model} ({train.epochs} epochs, {size}px) into {run_dir}")
     if (run_dir / "last.pt").exists():
-        result = fit(resume=run_dir, progress=cfg.progress)
+        result = fit(resume=run_dir, progress=train.progress)
     else:
-        result = fit(**train_kwargs)
+        result = fit(train, data=str(data_dir), out=str(run_dir), split_file=str(split_file), eval_test=True)
 
     test_summary = result.eval.get("test") if isinstance(result.eval, dict) else None
     test_dice = None
@@ -147,14 +152,14 @@ def run_demo(config: DemoConfig | None = None, **overrides: Any) -> DemoResult:
     print(f"[4/5] evaluated best.pt on the held-out exams: {run_dir / 'eval' / 'test'}")
 
     test_ids = split.ids("test")
-    if cfg.limit:
-        test_ids = test_ids[: cfg.limit]
+    if train.limit:
+        test_ids = test_ids[: train.limit]
     pred_dir = out / "predictions"
     segmenter = Segmenter.from_checkpoint(
-        result.best_checkpoint, device="cpu" if cfg.device == "auto" else cfg.device
+        result.best_checkpoint, device="cpu" if train.device == "auto" else train.device
     )
     summary = predict_paths(
-        segmenter, [index.image_path(i) for i in test_ids], pred_dir, progress=cfg.progress
+        segmenter, [index.image_path(i) for i in test_ids], pred_dir, progress=train.progress
     )
     print(f"[5/5] predicted {len(test_ids)} test images into {pred_dir}")
     if summary.failed:
@@ -165,8 +170,8 @@ def run_demo(config: DemoConfig | None = None, **overrides: Any) -> DemoResult:
     res = DemoResult(
         data_dir, split_file, run_dir, result.best_checkpoint, pred_dir, report, test_dice, minutes
     )
-    (out / "demo_result.json").write_text(
-        json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}, indent=2)
+    atomic_write_json(
+        out / "demo_result.json", {k: (str(v) if isinstance(v, Path) else v) for k, v in res.__dict__.items()}
     )
     print("\n" + "=" * 72)
     dice_txt = f"{test_dice:.4f}" if test_dice is not None else "n/a"
@@ -178,75 +183,3 @@ def run_demo(config: DemoConfig | None = None, **overrides: Any) -> DemoResult:
     print(f"  total time  {minutes:.1f} min")
     print("=" * 72)
     return res
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    d = DemoConfig()
-    p = subparsers.add_parser(
-        "demo",
-        help="the main job: HC18 -> exam split -> train med_urwkv_t -> evaluate -> predict -> report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
-    p.add_argument(
-        "--data", default=None, help=f"prepared HC18 folder (default ${DATA_ENV}/hc18 or the cache)"
-    )
-    p.add_argument("--download", action="store_true", help="download the official HC18 archive if needed")
-    p.add_argument("--model", default=d.model, help=f"model name (default {d.model})")
-    p.add_argument(
-        "--pretrained", default=False, help="false, true (official release) or PATH/URL of weights"
-    )
-    p.add_argument("--img-size", type=int, default=d.img_size, help=f"training size (default {d.img_size})")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs (default {d.epochs})")
-    p.add_argument(
-        "--batch-size", type=int, default=d.batch_size, help=f"batch size (default {d.batch_size})"
-    )
-    p.add_argument("--limit", type=int, default=None, help="use only N images per split (smoke runs)")
-    p.add_argument("--max-train-batches", type=int, default=None, help="cap batches per epoch (smoke runs)")
-    p.add_argument("--model-kwargs", default="{}", help="JSON overrides of the model config")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
-    return p
-
-
-def _pretrained_arg(value: Any) -> bool | str:
-    if isinstance(value, str) and value.lower() in {"false", "no", "0", "none"}:
-        return False
-    if isinstance(value, str) and value.lower() in {"true", "yes", "1"}:
-        return True
-    return value
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as e:
-        print(f"error: expected --model-kwargs as JSON, got {args.model_kwargs!r} ({e})")
-        return 2
-    cfg = DemoConfig(
-        out=args.out,
-        data=args.data,
-        download=args.download,
-        model=args.model,
-        pretrained=_pretrained_arg(args.pretrained),
-        img_size=args.img_size,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        max_train_batches=args.max_train_batches,
-        seed=args.seed,
-        device=args.device,
-        num_workers=args.num_workers,
-        model_kwargs=kwargs,
-        progress=not args.no_progress,
-    )
-    try:
-        run_demo(cfg)
-    except FileNotFoundError as e:
-        print(f"error: {e}")
-        return 2
-    return 0

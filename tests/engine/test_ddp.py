@@ -20,9 +20,9 @@ import pytest
 import torch
 from engine_testing import make_disks, read_metrics
 
-from medurwkv.commands import QUICK_OVERRIDES
 from medurwkv.engine.checkpoint import load_checkpoint
 from medurwkv.engine.train import fit
+from medurwkv.models import QUICK_OVERRIDES
 
 _QUICK = QUICK_OVERRIDES["med_urwkv_t"]
 TINY_URWKV = {
@@ -75,7 +75,8 @@ def test_torchrun_two_processes_matches_single_process(tmp_path: Path):
         "--nproc_per_node",
         "2",
         "-m",
-        "medurwkv.engine.train",
+        "medurwkv.cli",
+        "train",
         "--data",
         str(data),
         "--out",

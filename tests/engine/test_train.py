@@ -23,10 +23,11 @@ from engine_testing import make_disks, read_metrics
 from PIL import Image
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from medurwkv.commands import QUICK_OVERRIDES
+from medurwkv.cli.train import register
 from medurwkv.engine.checkpoint import load_checkpoint, load_model
 from medurwkv.engine.config import TrainConfig, load_yaml_config, resolve_config
-from medurwkv.engine.train import METRIC_COLUMNS, PolyWarmup, TrainingDiverged, add_parser, fit
+from medurwkv.engine.train import METRIC_COLUMNS, PolyWarmup, TrainingDiverged, fit
+from medurwkv.models import QUICK_OVERRIDES
 
 TINY_UNET = {"base_channels": 4, "depth": 3}
 TINY_URWKV = QUICK_OVERRIDES["med_urwkv_t"]  # the tiny Med-URWKV-T shared by tests and --quick
@@ -67,7 +68,7 @@ def test_config_yaml_and_cli_precedence(tmp_path: Path):
     y = tmp_path / "c.yaml"
     y.write_text("epochs: 7\nlr: 0.01\nimg_size: [64, 96]\nmodel_kwargs: {depth: 2}\ngrad_clip: null\n")
     parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
+    register(parser.add_subparsers())
     args = parser.parse_args(
         ["train", "--config", str(y), "--lr", "0.02", "--no-eval-test", "--pretrained", "True", "--data", "d"]
     )
@@ -316,6 +317,28 @@ def test_from_scratch_freezes_nothing(disks: Path, tmp_path: Path):
     log = (tmp_path / "run" / "train.log").read_text()
     assert "from scratch" in log and "nothing is frozen" in log
     assert read_metrics(tmp_path / "run" / "metrics.csv")[0]["encoder_frozen"] == "0"
+
+
+def test_pretrained_path_for_a_model_without_pretrained_encoder(disks: Path, tmp_path: Path):
+    """--pretrained PATH on the U-Net (no official release, pretrained_target() is None): its own weights load,
+    nothing is frozen, and the log says why."""
+    from medurwkv import create_model
+
+    torch.manual_seed(5)
+    own = create_model("unet", in_channels=1, num_classes=2, **TINY_UNET).state_dict()
+    src = tmp_path / "unet_own.pt"
+    torch.save({"state_dict": own}, src)
+    # lr 1e-12: AdamW moves each weight by ~1e-12, so the trained convolutions still equal the file
+    fit(
+        data=disks, out=tmp_path / "run", epochs=1, pretrained=str(src), lr=1e-12, max_train_batches=1, **FAST
+    )
+    run = tmp_path / "run"
+    log = (run / "train.log").read_text()
+    assert "no pretrained encoder part, nothing is frozen" in log
+    assert read_metrics(run / "metrics.csv")[0]["encoder_frozen"] == "0"
+    trained = load_checkpoint(run / "last.pt")["state_dict"]
+    convs = [k for k, v in own.items() if v.ndim == 4]
+    assert convs and all(torch.allclose(trained[k], own[k], atol=1e-9) for k in convs)
 
 
 # ------------------------------------------------------------------------------------------- kill and resume

@@ -27,9 +27,9 @@ import pytest
 from engine_testing import read_metrics
 from PIL import Image
 
-from medurwkv.commands import QUICK_OVERRIDES
 from medurwkv.engine.checkpoint import load_checkpoint
 from medurwkv.engine.train import fit
+from medurwkv.models import QUICK_OVERRIDES
 
 EPOCHS = 10
 TINY_URWKV = QUICK_OVERRIDES["med_urwkv_t"]  # the tiny Med-URWKV-T shared by tests and --quick
@@ -74,7 +74,7 @@ def hc18_run(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "medurwkv.engine.train", *args],
+        [sys.executable, "-m", "medurwkv.cli", "train", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

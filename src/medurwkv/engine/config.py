@@ -1,84 +1,216 @@
-"""Training configuration: one flat dataclass, read from / written to YAML, overridable from the command line.
+"""Training configuration: one flat dataclass, the one table of the options of ``medurwkv train``.
 
-Every option of ``medurwkv train`` is a field of :class:`TrainConfig` with the same name (dashes become
-underscores: ``--batch-size`` is ``batch_size``). Precedence, lowest first: dataclass defaults < YAML file
-(``--config``) < explicit command-line flags / keyword overrides. The resolved configuration is written to
-``RUN_DIR/config.yaml`` and is what ``--resume`` reads back.
-
-Which defaults come from the paper and which are ours is documented in ``docs/training.md`` and in
-:data:`FIELD_HELP` (``[paper]`` / ``[ours]``).
+Every option is a field of :class:`TrainConfig` with the same name (dashes become underscores: ``--batch-size``
+is ``batch_size``). Its metadata (help text, command-line type, choices, metavar, whether it may change on
+resume) is the only place an option is described: the command-line parser (``medurwkv/cli/train.py``), the
+demo's training flags and the options table of ``docs/training.md`` (:func:`options_markdown`) are derived
+from it. Precedence, lowest first: dataclass defaults < YAML file (``--config``) < explicit command-line flags /
+keyword overrides. The resolved configuration is written to ``RUN_DIR/config.yaml`` and is what ``--resume``
+reads back. Help texts mark a default ``[paper]`` (stated by Med-URWKV) or ``[ours]`` (docs/training.md).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
+from ..utils import atomic_write_text
+
 __all__ = [
     "TrainConfig",
-    "FIELD_HELP",
+    "OptionSpec",
+    "CLI_ONLY_OPTIONS",
     "RESUME_OVERRIDABLE",
+    "train_options",
+    "options_markdown",
+    "as_options",
+    "resolve_config",
+    "resume_changes",
     "load_yaml_config",
     "save_yaml_config",
-    "resolve_config",
     "parse_pretrained",
 ]
 
 
+# ---------------------------------------------------------------------------------------- command-line types
+
+
+def parse_img_size(s: str) -> int | list[int]:
+    """``--img-size`` value: ``256`` or ``H,W`` (also ``HxW``)."""
+    try:
+        parts = [int(p) for p in s.replace("x", ",").split(",") if p.strip()]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        return parts[0]
+    if len(parts) == 2:
+        return parts
+    raise argparse.ArgumentTypeError(f"expected SIZE or H,W (e.g. 256 or 256,320), got {s!r}")
+
+
+def parse_optional_float(s: str) -> float | str:
+    """A number, or ``none`` (kept as the string: ``None`` would mean 'flag not given' and keep the YAML)."""
+    if s.strip().lower() in ("none", "null", "off"):
+        return "none"
+    try:
+        return float(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {s!r}") from e
+
+
+def _opt(
+    default: Any = None,
+    help: str = "",
+    *,
+    factory: Callable[[], Any] | None = None,
+    parse: Callable[[str], Any] | None = None,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    shown: str | None = None,
+    resume: bool = False,
+) -> Any:
+    """A TrainConfig field with its description. ``parse``: the command-line type (default: from the
+    annotation); ``shown``: the default as the docs table shows it; ``resume``: may change on --resume."""
+    meta = dict(help=help, parse=parse, choices=choices, metavar=metavar, shown=shown, resume=resume)
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    """All options of a training run (see :data:`FIELD_HELP` and docs/training.md)."""
+    """All options of a training run (docs/training.md lists them with their defaults)."""
 
     # --- data
-    data: str | None = None
-    out: str | None = None
-    split_file: str | None = None
-    fold: int | None = None
-    folds: int | None = None
-    val_fraction: float | None = None
-    test_fraction: float | None = None
-    group_by: str | None = "auto"
-    img_size: int | list[int] = 256
-    in_channels: int | None = None
-    normalize: str | None = None
-    augment: bool = True
-    limit: int | None = None
+    data: str | None = _opt(
+        None,
+        "dataset folder (images/ + masks/, or nnU-Net imagesTr/ + labelsTr/)",
+        metavar="DIR",
+        shown="required",
+        resume=True,
+    )
+    out: str | None = _opt(
+        None,
+        "run folder (checkpoints, metrics.csv, tb/, config.yaml, eval/, report.html); refused if it already "
+        "holds a run (use --resume)",
+        metavar="RUN_DIR",
+        shown="required",
+    )
+    split_file: str | None = _opt(
+        None,
+        "split JSON to use (default DATA/splits.json, created if missing; RUN_DIR/splits.json if DATA is "
+        "read-only)",
+        metavar="FILE",
+        shown="DATA/splits.json",
+    )
+    fold: int | None = _opt(None, "cross-validation fold of the split file (null: the train/val/test split)")
+    folds: int | None = _opt(
+        None, "number of cross-validation folds when a split is created (null: no folds)"
+    )
+    val_fraction: float | None = _opt(
+        None, "share of groups for validation when a split is created [ours]", shown="null (0.1)"
+    )
+    test_fraction: float | None = _opt(
+        None, "share of groups for test when a split is created [ours]", shown="null (0.2)"
+    )
+    group_by: str | None = _opt(
+        "auto",
+        "grouping regex when a split is created: 'auto' (dataset.json split_group, else the HC18-style exam "
+        "prefix if every id has one), 'none', or a regex with one capture group",
+    )
+    img_size: int | list[int] = _opt(
+        256,
+        "training size: 256 or H,W (YAML: 256 or [H, W]) [ours]",
+        parse=parse_img_size,
+        metavar="SIZE|H,W",
+    )
+    in_channels: int | None = _opt(
+        None,
+        "image channels fed to the model (null: from the data, 1 for grayscale, 3 if any image is colour)",
+    )
+    normalize: str | None = _opt(
+        None,
+        "'imagenet' or 'per_image' (null: imagenet for a pretrained encoder, else per_image)",
+        choices=("imagenet", "per_image"),
+    )
+    augment: bool = _opt(
+        True, "flips / affine / crop / mild intensity augmentation of the training split [ours]"
+    )
+    limit: int | None = _opt(None, "use only the first N images of each split (smoke runs)")
     # --- model
-    model: str = "med_urwkv_t"
-    pretrained: bool | str = False
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    model: str = _opt("med_urwkv_t", "registered model name (`medurwkv models` lists them)")
+    pretrained: bool | str = _opt(
+        False,
+        "false, true (the model's official release) or a local path / URL of weights",
+        parse=str,
+        metavar="True|False|PATH|URL",
+    )
+    model_kwargs: dict[str, Any] = _opt(
+        factory=dict,
+        help="JSON object of model config overrides, e.g. '{\"decoder_dim\": 32}' (tiny configs for tests)",
+        parse=str,
+        metavar="JSON",
+    )
     # --- optimisation
-    epochs: int = 100
-    batch_size: int = 8
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    encoder_lr_scale: float = 1.0
-    warmup_epochs: float = 1.0
-    poly_power: float = 0.9
-    freeze_encoder_epochs: int = 5
-    grad_clip: float | None = 1.0
-    loss: str = "dice_ce"
-    dice_weight: float = 1.0
-    ce_weight: float = 1.0
-    amp: bool | None = None
-    amp_dtype: str = "float16"
+    epochs: int = _opt(100, "number of epochs [ours]")
+    batch_size: int = _opt(
+        8, "GLOBAL batch size; under torchrun each of N processes gets batch_size / N [ours]"
+    )
+    lr: float = _opt(3e-4, "AdamW learning rate (the optimiser AdamW is [paper], the value [ours])")
+    weight_decay: float = _opt(
+        1e-4, "AdamW weight decay, not on norms, biases, RWKV decay/mix vectors, embeddings [ours]"
+    )
+    encoder_lr_scale: float = _opt(1.0, "encoder lr = lr * this (0.1 for a gentler fine-tune) [ours]")
+    warmup_epochs: float = _opt(1.0, "linear warm-up length in epochs (fractions allowed; 0 disables) [ours]")
+    poly_power: float = _opt(0.9, "poly schedule power (the poly schedule is [paper], the power [ours])")
+    freeze_encoder_epochs: int = _opt(
+        5, "freeze a PRETRAINED encoder for the first N epochs; from scratch nothing is frozen [paper]"
+    )
+    grad_clip: float | None = _opt(
+        1.0, "max gradient norm; none / null disables clipping [ours]", parse=parse_optional_float
+    )
+    loss: str = _opt(
+        "dice_ce",
+        "'dice_ce': MONAI DiceCELoss, softmax, one-hot targets (CE + Dice is [paper])",
+        choices=("dice_ce",),
+    )
+    dice_weight: float = _opt(1.0, "weight of the Dice term [ours]")
+    ce_weight: float = _opt(1.0, "weight of the cross-entropy term [ours]")
+    amp: bool | None = _opt(None, "mixed precision (null: on for CUDA, off on CPU); WKV always runs in fp32")
+    amp_dtype: str = _opt(
+        "float16", "autocast dtype: float16 (with GradScaler) or bfloat16", choices=("float16", "bfloat16")
+    )
     # --- runtime
-    device: str = "auto"
-    num_workers: int = 2
-    seed: int = 0
-    deterministic: bool = False
-    val_every: int = 1
-    max_train_batches: int | None = None
-    max_val_batches: int | None = None
-    sync_bn: bool = True
-    eval_test: bool = True
-    progress: bool = True
-    tensorboard: bool = True
+    device: str = _opt(
+        "auto",
+        "'auto', 'cpu', 'cuda', 'cuda:1' (under torchrun each process uses cuda:LOCAL_RANK)",
+        resume=True,
+    )
+    num_workers: int = _opt(2, "DataLoader worker processes (persistent across epochs)", resume=True)
+    seed: int = _opt(0, "seed of the model initialisation, data order, augmentation and all RNGs")
+    deterministic: bool = _opt(
+        False, "torch.use_deterministic_algorithms(True) and no cuDNN autotuning (slower on GPU)"
+    )
+    val_every: int = _opt(1, "validate every N epochs (and always after the last)")
+    max_train_batches: int | None = _opt(
+        None, "stop each training epoch after N batches (smoke runs; the schedule follows)"
+    )
+    max_val_batches: int | None = _opt(None, "validate on at most N batches (smoke runs)")
+    sync_bn: bool = _opt(
+        True, "convert BatchNorm to SyncBatchNorm under multi-GPU DDP (CUDA only: CPU/gloo lacks it)"
+    )
+    eval_test: bool = _opt(
+        True, "after training, evaluate best.pt on val (and test) and build report.html", resume=True
+    )
+    progress: bool = _opt(True, "show a tqdm progress bar per epoch (running loss, img/s)", resume=True)
+    tensorboard: bool = _opt(True, "write TensorBoard logs to RUN_DIR/tb/", resume=True)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -106,10 +238,10 @@ class TrainConfig:
         return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the option and how to fix it."""
+        """Raise :class:`UserError` naming the option and how to fix it."""
 
-        def bad(name: str, expected: str) -> ValueError:
-            return ValueError(f"expected {name} {expected}, got {getattr(self, name)!r}; fix --{_flag(name)}")
+        def bad(name: str, expected: str) -> UserError:
+            return UserError(f"expected {name} {expected}, got {getattr(self, name)!r}; fix --{_flag(name)}")
 
         if isinstance(self.img_size, (list, tuple)):
             if len(self.img_size) != 2 or not all(isinstance(v, int) and v > 0 for v in self.img_size):
@@ -141,77 +273,109 @@ class TrainConfig:
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise bad("grad_clip", "> 0 or null (no clipping)")
         if self.dice_weight == 0 and self.ce_weight == 0:
-            raise ValueError("expected dice_weight or ce_weight > 0, got both 0; the loss would be zero")
+            raise UserError("expected dice_weight or ce_weight > 0, got both 0; the loss would be zero")
         for name in ("val_fraction", "test_fraction"):
             v = getattr(self, name)
             if v is not None and not 0 <= v < 1:
                 raise bad(name, "in [0, 1) or null (the split's default)")
         if self.folds is not None and not (isinstance(self.folds, int) and self.folds >= 2):
             raise bad("folds", "to be an integer >= 2 or null")
-        if self.loss != "dice_ce":
-            raise bad("loss", "'dice_ce' (MONAI DiceCELoss; the only loss implemented)")
-        if self.amp_dtype not in ("float16", "bfloat16"):
-            raise bad("amp_dtype", "'float16' or 'bfloat16'")
-        if self.normalize is not None and self.normalize not in ("imagenet", "per_image"):
-            raise bad("normalize", "'imagenet', 'per_image' or null (chosen from the model)")
+        for f in fields(self):
+            choices, v = f.metadata["choices"], getattr(self, f.name)
+            if choices and v is not None and v not in choices:
+                allowed = ", ".join(repr(c) for c in choices) + (" or null" if "None" in str(f.type) else "")
+                raise bad(f.name, f"to be one of {allowed}")
         if not isinstance(self.model_kwargs, dict):
             raise bad("model_kwargs", "to be a mapping (YAML dict or JSON object)")
         if not isinstance(self.model, str) or not self.model:
             raise bad("model", "to be a registered model name (see `medurwkv models`)")
 
 
-# Help text for every option (CLI --help and docs); [paper] = stated by Med-URWKV, [ours] = our choice.
-FIELD_HELP: dict[str, str] = {
-    "data": "dataset folder (images/ + masks/, or nnU-Net imagesTr/ + labelsTr/)",
-    "out": "run folder: checkpoints, metrics.csv, tb/, config.yaml, eval/, report.html",
-    "split_file": "split JSON to use (default: DATA/splits.json, created if missing; RUN_DIR/splits.json if DATA is "
-    "read-only)",
-    "fold": "cross-validation fold of the split file (null: the train/val/test split)",
-    "folds": "number of cross-validation folds when a split is created (null: no folds)",
-    "val_fraction": "[ours] share of groups for validation when a split is created (null: 0.1)",
-    "test_fraction": "[ours] share of groups for test when a split is created (null: 0.2)",
-    "group_by": "grouping regex when a split is created: 'auto' (dataset.json split_group, else HC18-style "
-    "exam prefix if every id matches), 'none', or a regex with one capture group",
-    "img_size": "[ours] training size, int or [H, W] (default 256)",
-    "in_channels": "image channels fed to the model (null: from the data, 1 for grayscale, 3 for RGB)",
-    "normalize": "'imagenet' or 'per_image' (null: imagenet for a pretrained encoder, else per_image)",
-    "augment": "[ours] flips / affine / crop / mild intensity augmentation on the training split",
-    "limit": "use only the first N images of each split (smoke runs)",
-    "model": "registered model name (med_urwkv_t, med_urwkv_s, unet, ...)",
-    "pretrained": "false, true (official release) or a local path / URL of official weights",
-    "model_kwargs": "JSON/YAML overrides of the model config (e.g. tiny configs for tests)",
-    "epochs": "[ours] number of epochs (default 100)",
-    "batch_size": "[ours] GLOBAL batch size, split over DDP processes (default 8)",
-    "lr": "[ours] AdamW learning rate (default 3e-4; the optimiser AdamW is [paper])",
-    "weight_decay": "[ours] AdamW weight decay (default 1e-4; not on norms, biases, RWKV decay vectors)",
-    "encoder_lr_scale": "[ours] encoder lr = lr * this (default 1.0; 0.1 is a common choice)",
-    "warmup_epochs": "[ours] linear warm-up length in epochs (default 1.0; fractions allowed)",
-    "poly_power": "[ours] poly schedule power (default 0.9; the poly schedule is [paper])",
-    "freeze_encoder_epochs": "[paper] freeze a PRETRAINED encoder for the first N epochs (default 5); from "
-    "scratch nothing is frozen",
-    "grad_clip": "[ours] max gradient norm (default 1.0; null disables)",
-    "loss": "'dice_ce': MONAI DiceCELoss, softmax, one-hot targets ([paper] CE + Dice)",
-    "dice_weight": "[ours] weight of the Dice term (default 1.0)",
-    "ce_weight": "[ours] weight of the CE term (default 1.0)",
-    "amp": "mixed precision (null: on for CUDA, off on CPU); WKV always runs in fp32",
-    "amp_dtype": "autocast dtype: float16 (with GradScaler) or bfloat16",
-    "device": "'auto', 'cpu', 'cuda', 'cuda:1' (under torchrun each process uses cuda:LOCAL_RANK)",
-    "num_workers": "data loader worker processes (default 2)",
-    "seed": "random seed (python, numpy, torch, data order and augmentation)",
-    "deterministic": "torch.use_deterministic_algorithms(True) and no cuDNN autotuning (slower on GPU)",
-    "val_every": "validate every N epochs (and always after the last)",
-    "max_train_batches": "stop each training epoch after N batches (smoke runs)",
-    "max_val_batches": "validate on at most N batches (smoke runs)",
-    "sync_bn": "convert BatchNorm to SyncBatchNorm under multi-GPU DDP (not on CPU/gloo, which lacks it)",
-    "eval_test": "after training, evaluate best.pt on val (and test) and build report.html",
-    "progress": "show a tqdm progress bar per epoch",
-    "tensorboard": "write TensorBoard logs to RUN_DIR/tb/",
-}
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 # Options that may differ when resuming (they do not change the numbers a run produces).
-RESUME_OVERRIDABLE = frozenset({"device", "num_workers", "progress", "eval_test", "tensorboard", "data"})
+RESUME_OVERRIDABLE = frozenset(name for name, f in _FIELDS.items() if f.metadata["resume"])
 
-_FIELDS = {f.name: f for f in fields(TrainConfig)}
+# `medurwkv train` options that are not training options: where the options come from. (name, metavar, help)
+CLI_ONLY_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("config", "CONFIG", "YAML file of options (examples in configs/)"),
+    ("resume", "RUN_DIR", "continue RUN_DIR from last.pt with its saved config.yaml"),
+)
+
+
+# ---------------------------------------------------------------------------------------- the derived tables
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One training option as the command line and the docs show it. ``parse`` is None for a boolean flag
+    (``--x`` / ``--no-x``)."""
+
+    name: str
+    flag: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] | None
+    choices: tuple[str, ...] | None
+    metavar: str | None
+    shown: str
+
+
+def _cli_type(f: dataclasses.Field) -> Callable[[str], Any] | None:
+    if f.metadata["parse"] is not None:
+        return f.metadata["parse"]
+    ftype = str(f.type)
+    for prefix, parse in (("bool", None), ("int", int), ("float", float), ("str", str)):
+        if ftype.startswith(prefix):
+            return parse
+    raise TypeError(f"expected a parse= for option {f.name} of type {ftype}")  # a new field without one
+
+
+def _yaml_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def train_options() -> list[OptionSpec]:
+    """Every :class:`TrainConfig` field as an :class:`OptionSpec`, in declaration order."""
+    defaults = TrainConfig()
+    out = []
+    for f in fields(TrainConfig):
+        default = getattr(defaults, f.name)
+        m = f.metadata
+        out.append(
+            OptionSpec(
+                name=f.name,
+                flag="--" + _flag(f.name),
+                default=default,
+                help=m["help"],
+                parse=_cli_type(f),
+                choices=m["choices"],
+                metavar=m["metavar"],
+                shown=m["shown"] or _yaml_value(default),
+            )
+        )
+    return out
+
+
+def options_markdown() -> str:
+    """The options table of docs/training.md (``flag | default | meaning``), generated from TrainConfig."""
+
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    lines = ["| flag | default | meaning |", "|---|---|---|"]
+    lines += [f"| `--{name}` | – | {cell(help)} |" for name, _, help in CLI_ONLY_OPTIONS]
+    for o in train_options():
+        default = o.shown if o.shown == "required" else f"`{o.shown}`"
+        lines.append(f"| `{o.flag}` | {cell(default)} | {cell(o.help)} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------- reading values
 
 
 def _flag(name: str) -> str:
@@ -225,7 +389,7 @@ def _check_keys(d: Mapping[str, Any], source: str) -> None:
         for k in unknown:
             close = difflib.get_close_matches(str(k), list(_FIELDS), n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise ValueError(
+        raise UserError(
             f"unknown training option(s) in {source}: {', '.join(hints)}; valid options: {', '.join(_FIELDS)}"
         )
 
@@ -254,7 +418,11 @@ def _parse_bool(name: str, v: Any, source: str) -> bool:
         return True
     if s in ("false", "no", "0", "off"):
         return False
-    raise ValueError(f"expected {name} to be true/false in {source}, got {v!r}")
+    raise UserError(f"expected {name} to be true/false in {source}, got {v!r}")
+
+
+def _is_null(v: Any) -> bool:
+    return isinstance(v, str) and v.strip().lower() in ("none", "null")
 
 
 def _coerce(name: str, v: Any, source: str) -> Any:
@@ -266,44 +434,39 @@ def _coerce(name: str, v: Any, source: str) -> Any:
             try:
                 v = json.loads(v) if v.strip() else {}
             except json.JSONDecodeError as e:
-                raise ValueError(
+                raise UserError(
                     f"expected --model-kwargs to be a JSON object like '{{\"depth\": 2}}', got {v!r} ({e})"
                 ) from e
         if v is None:
             return {}
         if not isinstance(v, dict):
-            raise ValueError(f"expected model_kwargs to be a mapping in {source}, got {v!r}")
+            raise UserError(f"expected model_kwargs to be a mapping in {source}, got {v!r}")
         return dict(v)
-    if name == "img_size":
-        if isinstance(v, str):
-            parts = [p for p in v.replace("x", ",").replace(" ", ",").split(",") if p]
-            v = [int(p) for p in parts]
-        if isinstance(v, (list, tuple)):
-            v = [int(p) for p in v]
-            return v[0] if len(v) == 1 else v
-        return int(v)
-    if v is None:
-        return None
     ftype = str(_FIELDS[name].type)
     try:
+        if name == "img_size":
+            if isinstance(v, str):
+                v = [int(p) for p in v.replace("x", ",").replace(" ", ",").split(",") if p]
+            if isinstance(v, (list, tuple)):
+                v = [int(p) for p in v]
+                return v[0] if len(v) == 1 else v
+            return int(v)
+        if v is None:
+            return None
         if ftype.startswith("bool"):
             return _parse_bool(name, v, source)
         if ftype.startswith("int"):
             if isinstance(v, float) and not v.is_integer():
                 raise ValueError
-            if isinstance(v, str) and v.strip().lower() in ("none", "null"):
-                return None
-            return int(v)
+            return None if _is_null(v) else int(v)
         if ftype.startswith("float"):
-            if isinstance(v, str) and v.strip().lower() in ("none", "null"):
-                return None
-            return float(v)
+            return None if _is_null(v) else float(v)
         if ftype.startswith("str"):
-            if isinstance(v, str) and v.strip().lower() in ("none", "null") and "None" in ftype:
-                return None
-            return str(v)
+            return None if _is_null(v) and "None" in ftype else str(v)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"expected {name} of type {ftype} in {source}, got {v!r}") from e
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"expected {name} of type {ftype} in {source}, got {v!r}; fix it or remove it") from e
     return v
 
 
@@ -317,48 +480,65 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     try:
         d = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ValueError(f"{p} is not valid YAML: {e}") from e
+        raise UserError(f"{p} is not valid YAML: {e}") from e
     if d is None:
         return {}
     if not isinstance(d, dict):
-        raise ValueError(f"expected {p} to hold a mapping of options (key: value), got {type(d).__name__}")
+        raise UserError(f"expected {p} to hold a mapping of options (key: value), got {type(d).__name__}")
     _check_keys(d, str(p))
     return d
 
 
 def save_yaml_config(cfg: TrainConfig, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
     """Write the resolved config as YAML (atomically); ``extra`` goes into a trailing comment block."""
-    import os
-    import tempfile
-
     import yaml
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     text = "# medurwkv training configuration (resolved; `medurwkv train --resume RUN_DIR` reads it back)\n"
     text += yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
     if extra:
         text += "".join(f"# {k}: {v}\n" for k, v in extra.items())
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, p)
-    return p
+    return atomic_write_text(path, text)
+
+
+def as_options(config: TrainConfig | Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
+    """The options a ``config`` argument holds: a TrainConfig, a dict, a YAML path, or None (no options)."""
+    if config is None:
+        return {}
+    if isinstance(config, TrainConfig):
+        return config.to_dict()
+    if isinstance(config, (str, Path)):
+        return load_yaml_config(config)
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise UserError(f"expected a TrainConfig, dict or YAML path as config, got {type(config).__name__}")
 
 
 def resolve_config(
     config: TrainConfig | Mapping[str, Any] | str | Path | None = None, **overrides: Any
 ) -> TrainConfig:
     """Defaults < ``config`` (a TrainConfig, dict, or YAML path) < ``overrides`` (``None`` values ignored)."""
-    if config is None:
-        base: dict[str, Any] = {}
-    elif isinstance(config, TrainConfig):
-        base = config.to_dict()
-    elif isinstance(config, (str, Path)):
-        base = load_yaml_config(config)
-    elif isinstance(config, Mapping):
-        base = dict(config)
-    else:
-        raise ValueError(f"expected a TrainConfig, dict or YAML path, got {type(config).__name__}")
-    merged = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+    merged = {**as_options(config), **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig.from_dict(merged, source="config")
+
+
+def resume_changes(saved: TrainConfig, asked: Mapping[str, Any], run_dir: Path) -> TrainConfig:
+    """``saved`` (a run's config) with the ``asked`` options that may change on resume; raise on any other
+    option that differs from the saved value (it would change the numbers of the run)."""
+    changes: dict[str, Any] = {}
+    conflicts = []
+    for k, v in asked.items():
+        if k == "out":
+            if v is not None and Path(v).resolve() != run_dir.resolve():
+                conflicts.append(f"out: asked {v!r}, resuming {str(run_dir)!r}")
+            continue
+        cv = _coerce(k, v, "resume") if k in _FIELDS else v
+        if k in RESUME_OVERRIDABLE:
+            changes[k] = cv
+        elif cv != getattr(saved, k, cv):
+            conflicts.append(f"{k}: asked {cv!r}, run has {getattr(saved, k)!r}")
+    if conflicts:
+        raise UserError(
+            f"--resume continues {run_dir} with its saved config; these options differ: {'; '.join(conflicts)}. "
+            f"Only {sorted(RESUME_OVERRIDABLE)} may change on resume; start a new run (--out) to change others"
+        )
+    return saved.replace(**changes, out=str(run_dir))

@@ -15,7 +15,18 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "all_reduce_sum", "barrier", "all_gather_objects"]
+from ..errors import UserError
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "cleanup",
+    "all_reduce_sum",
+    "barrier",
+    "all_gather_objects",
+    "broadcast_object",
+    "resolve_device",
+]
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,26 @@ class DistInfo:
 def _env_int(name: str, default: int) -> int:
     v = os.environ.get(name)
     return int(v) if v not in (None, "") else default
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """The torch device for ``--device``: 'auto' (or None) is CUDA when available, else the CPU; a bare 'cuda'
+    is ``cuda:LOCAL_RANK`` under torchrun (each process drives its own GPU), else the current CUDA device."""
+    if name in (None, "auto"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"expected --device auto, cpu, cuda or cuda:N, got {name!r}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"expected a CUDA device for --device {name}, got none available; use --device cpu"
+            )
+        if dev.index is None:
+            launched = _env_int("WORLD_SIZE", 1) > 1
+            dev = torch.device("cuda", _env_int("LOCAL_RANK", 0) if launched else torch.cuda.current_device())
+    return dev
 
 
 def init_distributed(device: torch.device) -> DistInfo:
@@ -87,3 +118,12 @@ def all_gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
+    """Rank 0's ``obj`` (picklable) on every process; ``obj`` itself for a single process."""
+    if not info.enabled:
+        return obj
+    box = [obj if info.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
