@@ -15,7 +15,8 @@ from torch import nn
 from medurwkv import create_model
 from medurwkv.cli import main as cli
 from medurwkv.engine.checkpoint import save_checkpoint
-from medurwkv.engine.predict import ONNX_METADATA_KEY, Segmenter, read_onnx_metadata
+from medurwkv.engine.onnx_metadata import ONNX_METADATA_KEY, read_onnx_metadata
+from medurwkv.engine.predict import Segmenter
 
 
 def tiny_ckpt(path: Path, *, in_channels: int = 3, img_size=(24, 20)) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import math
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medurwkv.cli import main as cli
 from medurwkv.engine import report
 from medurwkv.engine.metrics import MetricAccumulator, write_outputs
 from medurwkv.engine.visualize import save_case_thumbnails
@@ -144,17 +144,12 @@ def test_metrics_csv_with_missing_cells(tmp_path):
 
 def test_cli(tmp_path, capsys):
     run = make_run(tmp_path, splits=("val",))
-    parser = argparse.ArgumentParser(prog="medurwkv")
-    sub = parser.add_subparsers(dest="command")
-    report.add_parser(sub)
-    args = parser.parse_args(["report", str(run)])
-    assert args.func(args) == 0
+    assert cli(["report", str(run)]) == 0
     out = capsys.readouterr().out
     s = json.loads((run / "eval" / "val" / "summary.json").read_text())
     assert f"headline Dice (val, per-image mean over 9 images): {s['headline']['value']:.4f}" in out
     assert (run / "report.html").is_file()
-    args = parser.parse_args(["report", str(tmp_path / "missing")])
-    assert args.func(args) == 2
+    assert cli(["report", str(tmp_path / "missing")]) == 2
     assert "not a directory" in capsys.readouterr().err
 
 

@@ -14,6 +14,7 @@ _LAZY = {
     "fit": "train",
     "FitResult": "train",
     "TrainConfig": "config",
+    "TrainState": "checkpoint",
     "evaluate": "evaluation",
     "Segmenter": "predict",
     "predict_paths": "predict",

@@ -10,35 +10,45 @@ lies in a run folder)::
     per_image.csv  summary.json  summary.md  cases/{best,median,worst}_<id>.png
 
 ``summary.json`` is ``MetricAccumulator.summary()`` plus an ``"evaluation"`` block (checkpoint, data, split,
-split file and checksum, inference mode). When ``engine/report.py`` is available the run's ``report.html`` is
-rebuilt afterwards.
+split file and checksum, inference mode). When the output lies in the run folder, the run's ``report.html`` is
+rebuilt afterwards. The command line is ``medurwkv/cli/evaluate.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
-import tempfile
 import time
+import zlib
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .predict import (
-    Segmenter,
-    add_inference_arguments,
-    compress_labels,
-    decompress_labels,
-    resolve_device,
-    window_arg,
-)
+import numpy as np
 
-__all__ = ["evaluate", "resolve_split_ids", "run_dir_of", "add_parser", "run"]
+from ..errors import UserError
+from ..utils import atomic_write_text
+from .predict import Segmenter
+from .report import RUN_MARKERS
 
-_RUN_MARKERS = ("config.yaml", "metrics.csv")
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["evaluate", "resolve_split_ids", "run_dir_of"]
+
+# A label map kept in memory until the thumbnails are drawn: (zlib bytes, shape, dtype string).
+_Compressed = tuple[bytes, tuple[int, ...], str]
+
+
+def _compress_labels(labels: np.ndarray) -> _Compressed:
+    a = np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32))
+    return zlib.compress(a.tobytes(), 1), a.shape, a.dtype.str
+
+
+def _decompress_labels(blob: _Compressed) -> np.ndarray:
+    data, shape, dtype = blob
+    return np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype)).reshape(shape).astype(np.int64)
 
 
 def run_dir_of(path: str | Path | None) -> Path | None:
@@ -50,7 +60,7 @@ def run_dir_of(path: str | Path | None) -> Path | None:
     if p.is_dir():
         return p
     parent = p.parent
-    return parent if any((parent / m).is_file() for m in _RUN_MARKERS) else None
+    return parent if any((parent / m).is_file() for m in RUN_MARKERS) else None
 
 
 def _same_folder(a: Any, b: Path) -> bool:
@@ -80,7 +90,7 @@ def resolve_split_ids(
     if split == "all":
         return list(index.ids), {"split": "all", "split_file": None, "checksum": None, "split_source": "all"}
     if split not in ("train", "val", "test"):
-        raise ValueError(f"expected --split train, val, test or all, got {split!r}")
+        raise UserError(f"expected --split train, val, test or all, got {split!r}")
     info = checkpoint_info or {}
     tc = info.get("train_config") or {}
     same_data = _same_folder(tc.get("data"), Path(index.root))
@@ -95,13 +105,13 @@ def resolve_split_ids(
             ids = [str(i) for i in rec[split]]
             missing = sorted(set(ids) - set(index.ids))
             if missing:
-                raise ValueError(
+                raise UserError(
                     f"the checkpoint's {split} split has {len(missing)} ids not in {index.root} "
                     f"(e.g. {missing[:5]}); the dataset changed since training: pass --split-file or "
                     "--split all"
                 )
             if not ids:
-                raise ValueError(
+                raise UserError(
                     f"the checkpoint's {split} split is empty; choose another split or --split all"
                 )
             return ids, {
@@ -129,9 +139,7 @@ def resolve_split_ids(
     sp = load_split(path, index, fold=fold)
     ids = sp.ids(split)
     if not ids:
-        raise ValueError(
-            f"split {split!r} of {path} is empty; choose another split (train, val, test or all)"
-        )
+        raise UserError(f"split {split!r} of {path} is empty; choose another split (train, val, test or all)")
     return ids, {
         "split": split,
         "split_file": str(path),
@@ -139,17 +147,6 @@ def resolve_split_ids(
         "fold": sp.fold,
         "split_source": "split file",
     }
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def evaluate(
@@ -167,7 +164,7 @@ def evaluate(
     window: int | Sequence[int] | None = None,
     overlap: float = 0.25,
     batch_size: int = 4,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     include_background: bool = False,
     thumbnails: bool = True,
     report: bool = True,
@@ -194,6 +191,10 @@ def evaluate(
 
     Returns:
         the summary dict written to ``summary.json`` (``MetricAccumulator.summary()`` + ``"evaluation"``).
+
+    Raises:
+        UserError: a wrong checkpoint, dataset, split or option (see :meth:`Segmenter.from_checkpoint` and
+            :func:`resolve_split_ids`); ``FileNotFoundError`` for missing paths.
     """
     from tqdm.auto import tqdm
 
@@ -212,9 +213,9 @@ def evaluate(
     data_root = Path(data_dir).expanduser()
     index = discover(data_root)
     if not index.ids:
-        raise ValueError(f"no image/mask pairs found in {data_root}; check it with `medurwkv data check`")
+        raise UserError(f"no image/mask pairs found in {data_root}; check it with `medurwkv data check`")
     if index.classes_known and index.num_classes != seg.num_classes:
-        raise ValueError(
+        raise UserError(
             f"{data_root} declares {index.num_classes} classes {index.class_names} but the model predicts "
             f"{seg.num_classes} {seg.class_names}; evaluate on a dataset with the model's classes"
         )
@@ -225,11 +226,11 @@ def evaluate(
         ids = [str(i) for i in ids]
         missing = sorted(set(ids) - set(index.ids))
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{len(missing)} ids are not image/mask pairs of {data_root} (e.g. {missing[:5]})"
             )
         if not ids:
-            raise ValueError("expected at least one image id to evaluate, got an empty list")
+            raise UserError("expected at least one image id to evaluate, got an empty list")
         split_info: dict[str, Any] = {
             "split": split,
             "split_file": None,
@@ -246,11 +247,11 @@ def evaluate(
             run_dir=run_dir,
         )
     if out_dir is not None and out is not None and Path(out_dir) != Path(out):
-        raise ValueError(f"expected one of out_dir / out, got both ({out_dir} and {out})")
+        raise UserError(f"expected one of out_dir / out, got both ({out_dir} and {out})")
     out_dir = out_dir if out_dir is not None else out
     if out_dir is None:
         if run_dir is None:
-            raise ValueError(
+            raise UserError(
                 f"the checkpoint {source} is not inside a run folder (config.yaml / metrics.csv beside it); "
                 "pass out_dir / --out DIR"
             )
@@ -278,12 +279,12 @@ def evaluate(
             labels = p.argmax(0).numpy()  # (H, W) at the original size
             gt = index.load_mask(cid)
             if gt.shape != labels.shape:
-                raise ValueError(
+                raise UserError(
                     f"image {index.image_path(cid)} is {labels.shape} but its mask "
                     f"{index.mask_paths[cid]} is {gt.shape}; image and mask must have the same size"
                 )
             acc.add(cid, labels, gt, spacing=index.spacing.get(cid))
-            preds[cid] = compress_labels(labels)
+            preds[cid] = _compress_labels(labels)
             bar.update(1)
     bar.close()
 
@@ -306,14 +307,14 @@ def evaluate(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    _write_json_atomic(paths["summary_json"], summary)
+    atomic_write_text(paths["summary_json"], json.dumps(summary, indent=2, allow_nan=False) + "\n")
 
     if thumbnails:
         save_case_thumbnails(
             out / "cases",
             acc.per_image_rows(),
             images=index.load_image,
-            preds=lambda cid: decompress_labels(preds[cid]),
+            preds=lambda cid: _decompress_labels(preds[cid]),
             gts=index.load_mask,
         )
     if verbose:
@@ -325,21 +326,17 @@ def evaluate(
         )
         print(f"wrote {out}")
     if report and run_dir is not None and _is_within(out, run_dir):
+        from .report import build_report
+
         try:
-            from .report import build_report
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.report":
-                raise
-        else:
-            try:
-                path = build_report(run_dir)
-                if verbose:
-                    print(f"report: {path}")
-            except Exception as e:  # noqa: BLE001 - the metrics are written; a report failure must not hide them
-                print(
-                    f"warning: could not rebuild the report of {run_dir}: {type(e).__name__}: {e}",
-                    file=sys.stderr,
-                )
+            path = build_report(run_dir)
+            if verbose:
+                print(f"report: {path}")
+        except Exception as e:  # noqa: BLE001 - the metrics are written; a report failure must not hide them
+            print(
+                f"warning: could not rebuild the report of {run_dir}: {type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
     return summary
 
 
@@ -349,62 +346,3 @@ def _is_within(path: Path, folder: Path) -> bool:
         return True
     except ValueError:
         return False
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="metrics of a checkpoint on a dataset split (per-image CSV, summary JSON/Markdown, overlays)",
-        description="Predict every image of a split and score it against the original masks at the original "
-        "resolution (HD95/ASSD in mm when the dataset gives a pixel spacing). Writes to "
-        "RUN_DIR/eval/<split>/ when the checkpoint is in a run folder, else to --out.",
-    )
-    p.add_argument("--ckpt", required=True, help="checkpoint .pt, run folder (best.pt) or exported .onnx")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument(
-        "--split",
-        default="test",
-        choices=("train", "val", "test", "all"),
-        help="which split to evaluate (default test; 'all' = every image)",
-    )
-    p.add_argument(
-        "--split-file",
-        default=None,
-        help="split JSON (default: the training's split when it used this dataset, else DATA/splits.json)",
-    )
-    p.add_argument("--fold", type=int, default=None, help="fold of a k-fold split file")
-    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/eval/<split>)")
-    add_inference_arguments(p)
-    p.add_argument("--include-background", action="store_true", help="also score the background class")
-    p.add_argument("--no-thumbnails", action="store_true", help="do not write cases/*.png")
-    p.add_argument("--no-report", action="store_true", help="do not rebuild RUN_DIR/report.html")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """``medurwkv evaluate``: 0 on success, 2 on a bad checkpoint / dataset / split."""
-    try:
-        evaluate(
-            args.ckpt,
-            args.data,
-            split=args.split,
-            split_file=args.split_file,
-            fold=args.fold,
-            out_dir=args.out,
-            tta=args.tta,
-            native=args.native,
-            window=window_arg(args.window),
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            device=resolve_device(args.device),
-            include_background=args.include_background,
-            thumbnails=not args.no_thumbnails,
-            report=not args.no_report,
-            progress=not args.quiet,
-        )
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0

@@ -35,6 +35,7 @@ Distances are in millimetres (``mm``) when every image of a split was given a sp
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -45,6 +46,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
+
+from ..utils import atomic_write, atomic_write_text
 
 METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95", "assd")
 OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall")
@@ -146,12 +149,6 @@ def _hd95_assd(d_pg: np.ndarray, d_gp: np.ndarray) -> tuple[float, float]:
     hd95 = max(float(np.percentile(d_pg, 95)), float(np.percentile(d_gp, 95)))
     assd = float((d_pg.sum() + d_gp.sum()) / (d_pg.size + d_gp.size))
     return hd95, assd
-
-
-def _default_class_names(num_classes: int) -> list[str]:
-    if num_classes == 2:
-        return ["background", "foreground"]
-    return ["background"] + [f"class{i}" for i in range(1, num_classes)]
 
 
 def _confusion(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> np.ndarray:
@@ -290,7 +287,11 @@ class MetricAccumulator:
             raise ValueError(
                 f"expected num_classes >= 2 (background + at least one class), got {num_classes}"
             )
-        names = list(class_names) if class_names is not None else _default_class_names(num_classes)
+        if class_names is None:
+            from ..data.index import default_class_names  # lazy: the data package imports torch
+
+            class_names = default_class_names(num_classes)
+        names = list(class_names)
         if len(names) != num_classes:
             raise ValueError(
                 f"expected {num_classes} class_names (background first), got {len(names)}: {names}"
@@ -490,7 +491,8 @@ def summary_markdown(summary: Mapping[str, Any], title: str | None = None) -> st
 
 
 def write_outputs(acc: MetricAccumulator, out_dir: str | Path, prefix: str = "") -> dict[str, Path]:
-    """Write ``<prefix>per_image.csv``, ``<prefix>summary.json`` and ``<prefix>summary.md`` into ``out_dir``.
+    """Write ``<prefix>per_image.csv``, ``<prefix>summary.json`` and ``<prefix>summary.md`` into ``out_dir``
+    (each atomically).
 
     Returns the three paths under keys ``"per_image"``, ``"summary_json"``, ``"summary_md"``.
     """
@@ -503,13 +505,14 @@ def write_outputs(acc: MetricAccumulator, out_dir: str | Path, prefix: str = "")
         "summary_json": out / f"{prefix}summary.json",
         "summary_md": out / f"{prefix}summary.md",
     }
-    with paths["per_image"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    paths["summary_json"].write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    paths["summary_md"].write_text(summary_markdown(summary))
+    buf = io.StringIO(newline="")  # csv writes its own \r\n line ends
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
+    atomic_write(paths["per_image"], lambda f: f.write(buf.getvalue().encode("utf-8")))
+    atomic_write_text(paths["summary_json"], json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(paths["summary_md"], summary_markdown(summary))
     return paths
 
 
@@ -531,3 +534,21 @@ def read_per_image_csv(path: str | Path) -> list[dict[str, Any]]:
                         row[k] = v
             rows.append(row)
     return rows
+
+
+def dice_per_image_torch(pred: Any, target: Any, num_classes: int) -> Any:
+    """Foreground-mean Dice of each image of a batch, on the tensors' device (training-time validation).
+
+    ``pred`` / ``target``: ``(B, H, W)`` integer label tensors -> ``(B,)`` float64. The rule of this module:
+    Dice = 2TP / (2TP + FP + FN) per class, 0/0 -> 1, averaged over the classes 1..K-1 (background excluded);
+    ``image_metrics(...)[c]["dice"]`` gives the same numbers one image at a time.
+    """
+    import torch
+
+    dices = []
+    for c in range(1, num_classes):
+        p, t = pred == c, target == c
+        tp = (p & t).flatten(1).sum(1).double()  # (B,)
+        den = p.flatten(1).sum(1).double() + t.flatten(1).sum(1).double()  # 2TP + FP + FN
+        dices.append(torch.where(den > 0, 2 * tp / den.clamp_min(1), torch.ones_like(den)))
+    return torch.stack(dices, 1).mean(1)

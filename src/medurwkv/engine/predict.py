@@ -1,10 +1,12 @@
-"""Inference anywhere: :class:`Segmenter` (Python API) and ``medurwkv predict`` (command line).
+"""Inference anywhere: :class:`Segmenter` (Python API) and :func:`predict_paths` (image files to label files).
 
 A :class:`Segmenter` wraps a trained model with the exact preprocessing it was trained with (the checkpoint's
 ``preprocess`` dict: ``in_channels``, ``normalize``, ``img_size``, ``num_classes``, ``class_names``), so that
 ``Segmenter.from_checkpoint("runs/x").predict(image)`` returns a label map of the same size as ``image``.
 It runs a PyTorch checkpoint (a ``.pt`` file or a run folder, which means its ``best.pt``) or an ONNX file
-written by ``medurwkv export`` (onnxruntime backend; the preprocessing travels in the file's metadata).
+written by ``medurwkv export`` (onnxruntime backend; the preprocessing travels in the file's metadata, see
+:mod:`medurwkv.engine.onnx_metadata`). Backends live in :mod:`medurwkv.engine.backends`, input collection and
+output writes in :mod:`medurwkv.engine.predict_io`; the command line is ``medurwkv/cli/predict.py``.
 
 Inference modes (see docs/predict.md):
 
@@ -21,15 +23,9 @@ Inference modes (see docs/predict.md):
 
 from __future__ import annotations
 
-import argparse
-import glob
-import json
-import os
 import sys
-import tempfile
 import time
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,101 +33,56 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from ..errors import UserError
+from ..models.base import SegmentationModel
+from .backends import Backend, OnnxBackend, TorchBackend
+from .onnx_metadata import CHECKPOINT_EXPECTED, ONNX_METADATA_KEY, pad_settings, read_onnx_metadata
+from .predict_io import collect_inputs, is_pathlike, split_input, unique_stems, write_npy, write_png
 
 __all__ = [
     "Segmenter",
+    "PreparedImage",
     "PredictSummary",
     "predict_paths",
-    "collect_inputs",
-    "ONNX_METADATA_KEY",
-    "add_parser",
-    "run",
+    "load_inference_checkpoint",
 ]
 
-# Key of the JSON entry that ``medurwkv export`` stores in the ONNX file's metadata_props.
-ONNX_METADATA_KEY = "medurwkv"
-ONNX_METADATA_FORMAT = "medurwkv-onnx-v1"
 _TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))  # identity, h, v, hv
 
 
-# ------------------------------------------------------------------------------------------------------------
-# backends: a callable (B, C, h, w) float32 -> (B, K, h, w) float32 logits
+def load_inference_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[SegmentationModel, dict[str, Any], Path]:
+    """Load a ``.pt`` checkpoint or a run folder (its ``best.pt``, else ``last.pt``) for inference.
 
+    Returns ``(model in eval mode on device, checkpoint dict, the .pt path used)``. A missing path raises
+    ``FileNotFoundError``; a file that is not a medurwkv checkpoint (foreign pickle, corrupt or text file)
+    raises :class:`~medurwkv.errors.UserError`; both messages say what was expected and how to fix it.
+    """
+    from .checkpoint import load_model
 
-class _TorchBackend:
-    name = "torch"
-
-    def __init__(self, model: nn.Module, device: str | torch.device) -> None:
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.fixed_size: tuple[int, int] | None = None
-        self.pad_multiple = int(getattr(model, "pad_multiple", 1) or 1)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        with torch.inference_mode():
-            # the model pads to its pad_multiple itself and crops the logits back
-            return self.model(x.to(self.device, non_blocking=True)).float()
-
-
-class _OnnxBackend:
-    name = "onnx"
-
-    def __init__(self, path: Path, device: str | torch.device, meta: dict[str, Any]) -> None:
-        import onnxruntime as ort
-
-        dev = torch.device(device)
-        providers = ["CPUExecutionProvider"]
-        if dev.type == "cuda":
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ValueError(
-                    f"expected onnxruntime with CUDA for device={device!r}, got providers "
-                    f"{ort.get_available_providers()}; install onnxruntime-gpu or use --device cpu"
-                )
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.device = torch.device("cpu")  # inputs/outputs cross as numpy on the host
-        self.session = ort.InferenceSession(str(path), providers=providers)
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        shape = list(inp.shape)  # e.g. ['B', 3, 'H', 'W'] (dynamic) or [1, 3, 256, 256] (fixed)
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
-        hw = shape[2:4]
-        self.fixed_size = (int(hw[0]), int(hw[1])) if all(isinstance(s, int) for s in hw) else None
-        self.pad_multiple = int(meta.get("pad_multiple") or 1)
-        self.pad_mode = str(meta.get("pad_mode") or "constant")
-
-    def _pad(self, x: Tensor) -> Tensor:
-        # The traced graph may only contain the padding branch of the size it was exported at, so the
-        # input is padded here exactly like the model pads it (bottom/right, the model's pad mode); the
-        # model's own padding then has nothing left to do.
-        H, W = x.shape[-2:]
-        m = self.pad_multiple
-        pad = (0, (-W) % m, 0, (-H) % m)
-        if not (pad[1] or pad[3]):
-            return x
-        mode = self.pad_mode
-        if mode == "reflect" and (pad[1] >= W or pad[3] >= H):
-            mode = "replicate"
-        return F.pad(x, pad, mode=mode) if mode != "constant" else F.pad(x, pad)
-
-    def _run(self, x: Tensor) -> Tensor:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy(), dtype=np.float32)})[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32))
-
-    def __call__(self, x: Tensor) -> Tensor:
-        x = x.detach().float().cpu()
-        H, W = x.shape[-2:]
-        if self.fixed_size is not None:
-            if self.fixed_size != (H, W):
-                raise ValueError(
-                    f"this ONNX model was exported with a fixed input size {self.fixed_size}, got {(H, W)}; "
-                    "re-export without --static for any size, or use the default resize mode"
-                )
-        else:
-            x = self._pad(x)
-        if self.fixed_batch is not None and x.shape[0] != self.fixed_batch:
-            return torch.cat([self._run(x[i : i + 1]) for i in range(x.shape[0])])[..., :H, :W]
-        return self._run(x)[..., :H, :W]
+    p = Path(path).expanduser()
+    if p.is_dir():
+        src = next((p / n for n in ("best.pt", "last.pt") if (p / n).is_file()), None)
+        if src is None:
+            raise FileNotFoundError(
+                f"{CHECKPOINT_EXPECTED}, got the folder {p} without best.pt or last.pt; pass a run folder of "
+                "`medurwkv train` or a checkpoint file"
+            )
+    elif not p.is_file():
+        raise FileNotFoundError(f"{CHECKPOINT_EXPECTED}, got {p}, which does not exist; check the path")
+    else:
+        src = p
+    try:
+        model, ckpt = load_model(src, device=device)
+    except (ValueError, FileNotFoundError) as e:  # load_checkpoint's "not a (readable) medurwkv checkpoint"
+        raise UserError(
+            f"{CHECKPOINT_EXPECTED}, got {src}, which cannot be loaded as one ({e}); pass a run folder of "
+            "`medurwkv train` or its best.pt"
+        ) from e
+    return model, ckpt, src
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -139,8 +90,8 @@ class _OnnxBackend:
 
 
 @dataclass
-class _Item:
-    """One image ready for the model: ``tensor`` (C, h, w) float32 and its original (H, W)."""
+class PreparedImage:
+    """One image ready for the model (:meth:`Segmenter.prepare`): ``tensor`` (C, h, w) float32, original (H, W)."""
 
     name: str
     tensor: Tensor
@@ -157,60 +108,11 @@ def _window_size(window: int | Sequence[int] | None) -> tuple[int, int] | None:
         if len(vals) == 1:
             vals = vals * 2
         if len(vals) != 2:
-            raise ValueError(f"expected window as an int or (h, w), got {window!r}")
+            raise UserError(f"expected window as an int or (h, w), got {window!r}")
         size = (vals[0], vals[1])
     if min(size) < 1:
-        raise ValueError(f"expected a positive window size, got {window!r}")
+        raise UserError(f"expected a positive window size, got {window!r}")
     return size
-
-
-def _is_pathlike(x: Any) -> bool:
-    return isinstance(x, (str, os.PathLike))
-
-
-def _tensor_to_hwc(t: Tensor) -> np.ndarray:
-    a = t.detach().cpu().numpy()
-    return a if a.ndim == 2 else np.moveaxis(a, 0, -1)  # (C, H, W) -> (H, W, C)
-
-
-def _split_input(x: Any) -> tuple[list[Any], list[str], str]:
-    """Turn a predict() input into (images or paths, names, kind) with kind in single | stack | list."""
-    if _is_pathlike(x):
-        return [x], [str(x)], "single"
-    if isinstance(x, Tensor):
-        if x.ndim == 2 or (x.ndim == 3 and x.shape[0] <= 4):  # (H, W) or (C, H, W)
-            return [_tensor_to_hwc(x)], ["image"], "single"
-        if x.ndim in (3, 4):  # (N, H, W) or (N, C, H, W)
-            return [_tensor_to_hwc(t) for t in x], [f"image[{i}]" for i in range(len(x))], "stack"
-        raise ValueError(
-            f"expected a tensor (H, W), (C, H, W), (N, H, W) or (N, C, H, W), got {tuple(x.shape)}"
-        )
-    if isinstance(x, np.ndarray):
-        if x.ndim == 2 or (x.ndim == 3 and x.shape[-1] <= 4):  # (H, W) or (H, W, C)
-            return [x], ["image"], "single"
-        if x.ndim in (3, 4):  # (N, H, W) or (N, H, W, C)
-            return list(x), [f"image[{i}]" for i in range(len(x))], "stack"
-        raise ValueError(f"expected an array (H, W), (H, W, C), (N, H, W) or (N, H, W, C), got {x.shape}")
-    if isinstance(x, (list, tuple)):
-        items, names = [], []
-        for i, v in enumerate(x):
-            if _is_pathlike(v):
-                items.append(v)
-                names.append(str(v))
-            elif isinstance(v, Tensor):
-                items.append(_tensor_to_hwc(v))
-                names.append(f"image[{i}]")
-            elif isinstance(v, np.ndarray):
-                items.append(v)
-                names.append(f"image[{i}]")
-            else:
-                raise ValueError(
-                    f"expected paths, arrays or tensors in the list, got {type(v).__name__} at {i}"
-                )
-        return items, names, "list"
-    raise ValueError(
-        f"expected a path, a list of paths, a numpy array or a torch tensor, got {type(x).__name__}"
-    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -226,7 +128,7 @@ class Segmenter:
 
     def __init__(
         self,
-        backend: Any,
+        backend: Backend,
         preprocess: dict[str, Any],
         *,
         source: str | Path | None = None,
@@ -235,7 +137,7 @@ class Segmenter:
     ) -> None:
         for key in ("in_channels", "normalize", "num_classes"):
             if key not in preprocess:
-                raise ValueError(
+                raise UserError(
                     f"expected a preprocess dict with in_channels, normalize, num_classes (img_size, "
                     f"class_names optional), got keys {sorted(preprocess)}; it comes from the checkpoint's "
                     "'preprocess'"
@@ -264,13 +166,14 @@ class Segmenter:
 
     @classmethod
     def from_model(
-        cls, model: nn.Module, preprocess: dict[str, Any], device: str | torch.device = "cpu"
+        cls, model: SegmentationModel, preprocess: dict[str, Any], device: str | torch.device = "cpu"
     ) -> Segmenter:
         """Wrap an in-memory model (e.g. during training) with its preprocessing dict.
 
         The model is moved to ``device`` and put in eval mode (call ``model.train()`` again to keep training).
         """
-        return cls(_TorchBackend(model, device), preprocess, model_spec=getattr(model, "model_spec", None))
+        # model_spec is attached by create_model; a model built by hand (tests, notebooks) has none
+        return cls(TorchBackend(model, device), preprocess, model_spec=getattr(model, "model_spec", None))
 
     @classmethod
     def from_checkpoint(
@@ -284,38 +187,38 @@ class Segmenter:
 
         ``preprocess`` overrides the stored preprocessing (needed only for ONNX files not written by
         ``medurwkv export``, which carry no metadata).
+
+        Raises:
+            FileNotFoundError: ``path`` does not exist (or a folder holds neither best.pt nor last.pt).
+            UserError: ``path`` is not a medurwkv checkpoint nor an ONNX file from ``medurwkv export``.
         """
         p = Path(path).expanduser()
         if p.suffix.lower() == ".onnx":
             if not p.is_file():
-                raise FileNotFoundError(f"expected an ONNX file, got {p} which does not exist")
+                raise FileNotFoundError(
+                    f"{CHECKPOINT_EXPECTED}, got {p}, which does not exist; check the path"
+                )
             meta = read_onnx_metadata(p)
             if meta is None and preprocess is None:
-                raise ValueError(
-                    f"ONNX file {p} has no medurwkv metadata (key {ONNX_METADATA_KEY!r}); export it with "
-                    "`medurwkv export`, or pass preprocess={'in_channels', 'normalize', 'num_classes', ...}"
+                raise UserError(
+                    f"{CHECKPOINT_EXPECTED}, got {p}, which has no medurwkv metadata (key "
+                    f"{ONNX_METADATA_KEY!r}); export it with `medurwkv export`, or in Python pass "
+                    "preprocess={'in_channels', 'normalize', 'num_classes', ...}"
                 )
-            meta = meta or {}
-            pre = dict(preprocess if preprocess is not None else meta["preprocess"])
-            return cls(_OnnxBackend(p, device, meta), pre, source=p, model_spec=meta.get("model"))
-        from .checkpoint import load_model
-
-        if p.is_dir() and not (p / "best.pt").is_file() and not (p / "last.pt").is_file():
-            raise FileNotFoundError(f"expected a run folder with best.pt or last.pt, got {p} without them")
-        src = (
-            p / "best.pt" if p.is_dir() and (p / "best.pt").is_file() else p / "last.pt" if p.is_dir() else p
-        )
-        model, ckpt = load_model(src, device=device)
+            pad_multiple, pad_mode = pad_settings(meta)
+            pre = dict(preprocess if preprocess is not None else meta["preprocess"])  # type: ignore[index]
+            backend = OnnxBackend(p, device, pad_multiple=pad_multiple, pad_mode=pad_mode)
+            return cls(backend, pre, source=p, model_spec=(meta or {}).get("model"))
+        model, ckpt, src = load_inference_checkpoint(p, device)
         pre = dict(preprocess if preprocess is not None else ckpt.get("preprocess") or {})
-        if "num_classes" not in pre and hasattr(model, "num_classes"):
-            pre["num_classes"] = int(model.num_classes)
+        pre.setdefault("num_classes", int(model.num_classes))
         info = {
             k: v
             for k, v in ckpt.items()
             if k not in ("state_dict", "optimizer", "scheduler", "scaler", "rng")
         }
         return cls(
-            _TorchBackend(model, device), pre, source=src, model_spec=ckpt.get("model"), checkpoint=info
+            TorchBackend(model, device), pre, source=src, model_spec=ckpt.get("model"), checkpoint=info
         )
 
     # ----- properties
@@ -330,9 +233,9 @@ class Segmenter:
         return self._backend.device
 
     @property
-    def model(self) -> nn.Module | None:
+    def model(self) -> SegmentationModel | None:
         """The PyTorch model (``None`` for the ONNX backend)."""
-        return getattr(self._backend, "model", None)
+        return self._backend.model if isinstance(self._backend, TorchBackend) else None
 
     @property
     def fixed_size(self) -> tuple[int, int] | None:
@@ -352,7 +255,7 @@ class Segmenter:
         fixed = self.fixed_size
         if win is not None:
             if fixed is not None and win != fixed:
-                raise ValueError(
+                raise UserError(
                     f"window {win} differs from the fixed input size {fixed} of this ONNX model; use "
                     f"--window {fixed[0]} {fixed[1]} or re-export without --static"
                 )
@@ -386,7 +289,7 @@ class Segmenter:
         *,
         mode: str = "resize",
         size: tuple[int, int] | None = None,
-    ) -> _Item:
+    ) -> PreparedImage:
         """Preprocess one (H, W) / (H, W, C) image like training's val transform; errors name ``name``."""
         from ..data.transforms import preprocess_image
 
@@ -394,7 +297,7 @@ class Segmenter:
         if a.ndim == 3 and a.shape[-1] == 1:
             a = a[..., 0]
         if a.ndim not in (2, 3) or min(a.shape[:2]) < 1:
-            raise ValueError(f"{name}: expected an image (H, W) or (H, W, C), got shape {a.shape}")
+            raise UserError(f"{name}: expected an image (H, W) or (H, W, C), got shape {a.shape}")
         try:
             t = preprocess_image(
                 a,
@@ -403,8 +306,8 @@ class Segmenter:
                 img_size=size if mode == "resize" else None,
             )
         except ValueError as e:
-            raise ValueError(f"{name}: {e}") from e
-        return _Item(name, t, (int(a.shape[0]), int(a.shape[1])))
+            raise UserError(f"{name}: {e}") from e
+        return PreparedImage(name, t, (int(a.shape[0]), int(a.shape[1])))
 
     # ----- model calls
 
@@ -427,7 +330,7 @@ class Segmenter:
         from monai.inferers import sliding_window_inference
 
         if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"expected 0 <= overlap < 1, got {overlap}")
+            raise UserError(f"expected 0 <= overlap < 1, got {overlap}")
         with torch.inference_mode():
             out = sliding_window_inference(
                 x.to(self.device),
@@ -439,9 +342,9 @@ class Segmenter:
             )
         return torch.as_tensor(out).float()
 
-    def _infer_items(
+    def infer_prepared(
         self,
-        items: Sequence[_Item],
+        items: Sequence[PreparedImage],
         *,
         mode: str,
         size: tuple[int, int] | None,
@@ -449,7 +352,13 @@ class Segmenter:
         overlap: float,
         batch_size: int,
     ) -> Iterator[Tensor]:
-        """Yield (K, H, W) float32 CPU probabilities at each item's original size, in order."""
+        """Run the model on images already prepared by :meth:`prepare`; the step after preprocessing.
+
+        ``mode`` and ``size`` are what :meth:`resolve_mode` returned (and what ``prepare`` was called with).
+        Yields ``(K, H, W)`` float32 CPU probabilities at each item's original size, in order. Callers that read
+        and prepare images themselves (e.g. :func:`predict_paths`, which isolates a failing image) use this;
+        :meth:`predict_items` is prepare + infer in one call.
+        """
         bs = max(1, int(batch_size))
         if mode == "window":
             assert size is not None
@@ -487,7 +396,7 @@ class Segmenter:
         mode, size = self.resolve_mode(native=native, window=window)
         names = list(names) if names is not None else [f"image[{i}]" for i in range(len(images))]
         items = [self.prepare(im, n, mode=mode, size=size) for im, n in zip(images, names)]
-        yield from self._infer_items(
+        yield from self.infer_prepared(
             items, mode=mode, size=size, tta=tta, overlap=overlap, batch_size=batch_size
         )
 
@@ -521,7 +430,7 @@ class Segmenter:
             one image: ``labels`` (H, W) int64, or ``(labels, probs)`` with ``return_probs``; a stacked array
             or tensor batch: ``(N, H, W)`` (and ``(N, K, H, W)``); a list input: lists of those per image.
         """
-        items, names, kind = _split_input(x)
+        items, names, kind = split_input(x)
         if kind != "single" and not items:
             return ([], []) if return_probs else []
         images = [self._load(v, n) for v, n in zip(items, names)]
@@ -543,7 +452,7 @@ class Segmenter:
 
     @staticmethod
     def _load(v: Any, name: str) -> np.ndarray:
-        if _is_pathlike(v):
+        if is_pathlike(v):
             from ..data.io import read_image
 
             return read_image(v)
@@ -558,97 +467,8 @@ class Segmenter:
         )
 
 
-def read_onnx_metadata(path: str | Path) -> dict[str, Any] | None:
-    """The medurwkv metadata JSON stored in an ONNX file by ``medurwkv export`` (``None`` when absent)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == ONNX_METADATA_KEY:
-            try:
-                meta = json.loads(prop.value)
-            except json.JSONDecodeError as e:
-                raise ValueError(
-                    f"ONNX file {path}: metadata {ONNX_METADATA_KEY!r} is not valid JSON ({e})"
-                ) from e
-            if not isinstance(meta, dict) or "preprocess" not in meta:
-                raise ValueError(f"ONNX file {path}: metadata {ONNX_METADATA_KEY!r} lacks 'preprocess'")
-            return meta
-    return None
-
-
 # ------------------------------------------------------------------------------------------------------------
 # predicting files
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _write_png(path: Path, array: np.ndarray) -> Path:
-    from PIL import Image
-
-    img = Image.fromarray(np.ascontiguousarray(array))
-    return _atomic_write(path, lambda f: img.save(f, format="PNG"))
-
-
-def _write_npy(path: Path, array: np.ndarray) -> Path:
-    return _atomic_write(path, lambda f: np.save(f, array))
-
-
-_GLOB_CHARS = set("*?[")
-
-
-def collect_inputs(inputs: str | Path | Iterable[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files, folders (their image files, sorted, not recursive) and glob patterns.
-
-    Returns ``(paths, problems)``; ``problems`` lists ``(input, reason)`` for inputs that matched nothing.
-    Files named explicitly are kept whatever their extension (reading them reports the problem).
-    """
-    from ..data.io import is_image_file
-
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    paths: list[Path] = []
-    problems: list[tuple[str, str]] = []
-    seen: set[Path] = set()
-
-    def add(p: Path) -> None:
-        key = p.resolve()
-        if key not in seen:
-            seen.add(key)
-            paths.append(p)
-
-    for raw in inputs:
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and is_image_file(q))
-            if not found:
-                problems.append((str(raw), "folder contains no image files (.png, .jpg, .bmp, .tif, ...)"))
-            for q in found:
-                add(q)
-        elif p.is_file():
-            add(p)
-        elif _GLOB_CHARS & set(str(raw)):
-            found = sorted(Path(q) for q in glob.glob(str(p), recursive=True))
-            found = [q for q in found if q.is_file() and is_image_file(q)]
-            if not found:
-                problems.append((str(raw), "glob pattern matched no image files"))
-            for q in found:
-                add(q)
-        else:
-            problems.append((str(raw), "no such file or folder"))
-    return paths, problems
 
 
 @dataclass
@@ -678,22 +498,14 @@ class PredictSummary:
             f"; {self.n_failed} failed" if self.failed else ""
         )
 
-
-def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output stems: file stems, made unique when two inputs share one (``a.png``, ``a.jpg`` -> ``a_jpg``)."""
-    counts: dict[str, int] = {}
-    for p in paths:
-        counts[p.stem] = counts.get(p.stem, 0) + 1
-    used: set[str] = set()
-    stems = []
-    for p in paths:
-        s = p.stem if counts[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower() or 'noext'}"
-        base, k = s, 2
-        while s in used:
-            s, k = f"{base}_{k}", k + 1
-        used.add(s)
-        stems.append(s)
-    return stems
+    def failure_text(self) -> str:
+        """One line naming each failed input and why (empty when nothing failed)."""
+        if not self.failed:
+            return ""
+        total = self.n_ok + self.n_failed
+        # a read error already names its file; say the name only where the reason does not
+        items = "; ".join(why if name in why else f"{name}: {why}" for name, why in self.failed)
+        return f"{self.n_failed} of {total} input(s) failed ({self.n_ok} written to {self.out_dir}): {items}"
 
 
 def predict_paths(
@@ -716,7 +528,8 @@ def predict_paths(
     ``<stem>.png`` label map (uint8 label values, same size as the input), ``<stem>_255.png`` (binary tasks:
     0/255), ``<stem>_overlay.png`` (prediction drawn over the image) and, with ``save_probs``,
     ``<stem>_probs.npy`` ((num_classes, H, W) float32). Every file is written atomically. Unreadable files and
-    files whose channels the model cannot take are recorded in ``summary.failed`` and skipped.
+    files whose channels the model cannot take are recorded in ``summary.failed`` and skipped (with
+    ``progress``, also reported on stderr as they happen); the others are still written.
     """
     from tqdm.auto import tqdm
 
@@ -730,31 +543,32 @@ def predict_paths(
     summary = PredictSummary(out_dir=out, mode=segmenter.describe_mode(native=native, window=window, tta=tta))
     paths, problems = collect_inputs(inputs)
     summary.failed.extend(problems)
-    stems = _unique_stems(paths)
+    stems = unique_stems(paths)
     label_dtype = np.uint8 if segmenter.num_classes <= 256 else np.uint16
     bs = max(1, int(batch_size))
 
     def fail(name: str, err: BaseException) -> None:
         msg = str(err) if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {err}"
         summary.failed.append((name, msg))
-        tqdm.write(f"skipped {name}: {msg}", file=sys.stderr)
+        if progress:
+            tqdm.write(f"skipped {name}: {msg}", file=sys.stderr)
 
     def write(path: Path, stem: str, image: np.ndarray, probs: Tensor) -> None:
         labels = probs.argmax(0).numpy().astype(label_dtype)  # (H, W)
-        written = [_write_png(out / f"{stem}.png", labels)]
+        written = [write_png(out / f"{stem}.png", labels)]
         if segmenter.num_classes == 2:
-            written.append(_write_png(out / f"{stem}_255.png", (labels > 0).astype(np.uint8) * 255))
+            written.append(write_png(out / f"{stem}_255.png", (labels > 0).astype(np.uint8) * 255))
         if overlay:
             written.append(
-                _write_png(out / f"{stem}_overlay.png", draw_overlay(image, labels, mode=overlay_mode))
+                write_png(out / f"{stem}_overlay.png", draw_overlay(image, labels, mode=overlay_mode))
             )
         if save_probs:
-            written.append(_write_npy(out / f"{stem}_probs.npy", probs.numpy().astype(np.float32)))
+            written.append(write_npy(out / f"{stem}_probs.npy", probs.numpy().astype(np.float32)))
         summary.outputs[str(path)] = written
 
     bar = tqdm(total=len(paths), desc="predict", unit="img", disable=None if progress else True)
     for start in range(0, len(paths), bs):
-        chunk: list[tuple[Path, str, np.ndarray, _Item]] = []
+        chunk: list[tuple[Path, str, np.ndarray, PreparedImage]] = []
         for path, stem in zip(paths[start : start + bs], stems[start : start + bs]):
             try:
                 image = read_image(path)
@@ -769,7 +583,7 @@ def predict_paths(
                 continue
             try:
                 probs = list(
-                    segmenter._infer_items(
+                    segmenter.infer_prepared(
                         [c[3] for c in group], mode=mode, size=size, tta=tta, overlap=overlap, batch_size=bs
                     )
                 )
@@ -789,123 +603,3 @@ def predict_paths(
     bar.close()
     summary.seconds = time.perf_counter() - t0
     return summary
-
-
-# ------------------------------------------------------------------------------------------------------------
-# command line
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
-    return v
-
-
-def add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``predict`` and ``evaluate`` (inference mode, TTA, batch size, device)."""
-    p.add_argument("--tta", action="store_true", help="average softmax over flips (h, v, hv) (4x slower)")
-    p.add_argument(
-        "--native",
-        action="store_true",
-        help="run the whole image at native resolution instead of resizing to the training img_size",
-    )
-    p.add_argument(
-        "--window",
-        type=_positive_int,
-        nargs="+",
-        metavar="N",
-        help="sliding-window inference at native resolution with windows N (or H W) pixels, "
-        "Gaussian-weighted (MONAI)",
-    )
-    p.add_argument(
-        "--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)"
-    )
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="images or windows per forward pass")
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)"
-    )
-
-
-def resolve_device(device: str | None) -> str:
-    if device:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {device} requested but CUDA is not available; use --device cpu")
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def window_arg(window: Sequence[int] | None) -> tuple[int, int] | None:
-    if not window:
-        return None
-    if len(window) > 2:
-        raise ValueError(f"expected --window N or --window H W, got {len(window)} values")
-    return _window_size(window)
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "predict",
-        help="segment image files with a checkpoint, run folder or exported ONNX model",
-        description="Write, per input image, <stem>.png (label values), <stem>_255.png (binary tasks), "
-        "<stem>_overlay.png and, with --save-probs, <stem>_probs.npy into --out. Default mode: resize to the "
-        "training img_size and resize the probabilities back (as in training); see --native and --window.",
-    )
-    p.add_argument("--ckpt", required=True, help="checkpoint .pt, run folder (best.pt) or exported .onnx")
-    p.add_argument("--input", required=True, nargs="+", help="image file(s), folder(s) or glob pattern(s)")
-    p.add_argument("--out", required=True, help="output folder")
-    add_inference_arguments(p)
-    p.add_argument("--save-probs", action="store_true", help="also write <stem>_probs.npy (K, H, W) float32")
-    p.add_argument("--overlay-mode", choices=("contour", "fill"), default="contour", help="overlay drawing")
-    p.add_argument("--no-overlay", action="store_true", help="do not write <stem>_overlay.png")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """``medurwkv predict``: returns 0 when every input was written, 1 when any failed, 2 on bad arguments."""
-    try:
-        window = window_arg(args.window)
-        segmenter = Segmenter.from_checkpoint(args.ckpt, device=resolve_device(args.device))
-        mode_line = segmenter.describe_mode(native=args.native, window=window, tta=args.tta)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"model: {segmenter}")
-    print(f"mode: {mode_line}")
-    summary = predict_paths(
-        segmenter,
-        args.input,
-        args.out,
-        tta=args.tta,
-        native=args.native,
-        window=window,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        save_probs=args.save_probs,
-        overlay=not args.no_overlay,
-        overlay_mode=args.overlay_mode,
-        progress=not args.quiet,
-    )
-    print(summary)
-    if summary.failed:
-        print(f"{summary.n_failed} input(s) failed:", file=sys.stderr)
-        for name, why in summary.failed:
-            print(f"  {name}: {why}", file=sys.stderr)
-        return 1
-    if summary.n_ok == 0:
-        print("error: no images to predict", file=sys.stderr)
-        return 1
-    return 0
-
-
-def compress_labels(labels: np.ndarray) -> tuple[bytes, tuple[int, int], str]:
-    """Compact in-memory form of a label map (evaluate keeps every prediction until the thumbnails)."""
-    a = np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.int32))
-    return zlib.compress(a.tobytes(), 1), a.shape, a.dtype.str  # type: ignore[return-value]
-
-
-def decompress_labels(blob: tuple[bytes, tuple[int, int], str]) -> np.ndarray:
-    data, shape, dtype = blob
-    return np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype)).reshape(shape).astype(np.int64)

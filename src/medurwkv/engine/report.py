@@ -11,23 +11,37 @@ Reads what exists of the run directory (every part is optional, so partial runs 
     RUN_DIR/eval/<split>/cases/{best,median,worst}_<id>.png   overlays (engine/visualize.save_case_thumbnails)
 
 and writes ``RUN_DIR/report.html`` with every figure embedded as a base64 PNG (no external CSS, JS or images).
+The command line (``medurwkv/cli/report.py``) first checks with :func:`require_run_dir` that the folder is a run.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
 import io
 import json
 import math
-import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
+from ..errors import UserError
+from ..utils import atomic_write_text
+
+__all__ = [
+    "RUN_MARKERS",
+    "build_report",
+    "find_splits",
+    "headline_dice",
+    "read_training_log",
+    "require_run_dir",
+]
+
+# Files that `medurwkv train` writes into a run folder first; a folder with one of them (or eval/) is a run.
+RUN_MARKERS: tuple[str, ...] = ("config.yaml", "metrics.csv")
 SPLIT_ORDER: tuple[str, ...] = ("test", "val", "valid", "validation", "train")
 CASE_KINDS: tuple[str, ...] = ("best", "median", "worst")  # same as visualize.CASE_KINDS (kept import-free)
 OVERLAP = ("dice", "iou", "precision", "recall")
@@ -524,20 +538,37 @@ def _headline_cards(run: Path) -> str:
     return f"<div class='headline'>{''.join(cards)}</div>"
 
 
+def _not_a_directory(run: Path) -> UserError:
+    return UserError(f"expected a run directory, got {str(run)!r} which is not a directory")
+
+
+def require_run_dir(run_dir: str | Path) -> Path:
+    """``run_dir`` as a Path if it is a run folder (holds config.yaml, metrics.csv or eval/), else UserError."""
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise _not_a_directory(run)
+    if not any((run / m).is_file() for m in RUN_MARKERS) and not (run / "eval").is_dir():
+        raise UserError(
+            f"expected a run directory of `medurwkv train` or `medurwkv evaluate` (with {', '.join(RUN_MARKERS)} "
+            f"or eval/), got {str(run)!r} which holds none of them; pass the folder given as --out to train"
+        )
+    return run
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: str | None = None) -> Path:
-    """Write a standalone HTML report of ``run_dir`` (default ``RUN_DIR/report.html``), return its path."""
+    """Write a standalone HTML report of ``run_dir`` (default ``RUN_DIR/report.html``), return its path.
+
+    Every part of the run is optional (a folder with nothing in it gives a page saying what is missing); only
+    a ``run_dir`` that is not a directory raises :class:`~medurwkv.errors.UserError`.
+    """
     run = Path(run_dir)
     if not run.is_dir():
-        raise ValueError(f"expected a run directory, got {str(run)!r} which is not a directory")
-    try:
-        from medurwkv import __version__ as version
-    except Exception:  # the report must build even from a partial checkout
-        version = "unknown"
+        raise _not_a_directory(run)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     name = title or run.resolve().name
     body = [
         f"<h1>medurwkv run report: {_esc(name)}</h1>",
-        f"<div class='sub'>{_esc(run.resolve())} · generated {now} · medurwkv {_esc(version)}</div>",
+        f"<div class='sub'>{_esc(run.resolve())} · generated {now} · medurwkv {_esc(__version__)}</div>",
         _headline_cards(run),
         _section_eval(run),
         _section_training(run),
@@ -548,45 +579,4 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
         f"<title>{_esc(name)} — medurwkv report</title><style>{CSS}</style></head>"
         f"<body><main>{''.join(body)}</main></body></html>\n"
     )
-    path = Path(out) if out is not None else run / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc, encoding="utf-8")
-    return path
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``medurwkv report RUN_DIR [--out PATH]``."""
-    p = subparsers.add_parser(
-        "report",
-        help="write a self-contained HTML report of a run",
-        description="Write RUN_DIR/report.html: headline Dice, metrics of every evaluated split, per-image "
-        "Dice histogram, best/median/worst overlays, learning curves and the config. Works on partial runs.",
-    )
-    p.add_argument("run_dir", type=Path, help="run directory (contains config.yaml, metrics.csv, eval/)")
-    p.add_argument("--out", type=Path, default=None, help="output HTML path (default RUN_DIR/report.html)")
-    p.add_argument("--title", default=None, help="page title (default: the run directory name)")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args: argparse.Namespace) -> int:
-    """CLI entry: build the report, print its path and the headline Dice; exit 0, or 2 on a bad RUN_DIR."""
-    try:
-        path = build_report(args.run_dir, args.out, title=getattr(args, "title", None))
-    except ValueError as e:
-        print(f"medurwkv report: {e}", file=sys.stderr)
-        return 2
-    h = headline_dice(args.run_dir)
-    if h is None:
-        print("headline Dice: n/a (no evaluation and no val_dice in metrics.csv)")
-    elif h["source"] == "eval":
-        n = f" over {h['n_images']} images" if h["n_images"] is not None else ""
-        print(f"headline Dice ({h['split']}, per-image mean{n}): {h['value']:.4f}")
-    else:
-        ep = h["epoch"]
-        print(f"headline Dice (best val_dice during training, epoch {ep}; not evaluated): {h['value']:.4f}")
-    print(f"report: {path}")
-    return 0
+    return atomic_write_text(Path(out) if out is not None else run / "report.html", doc)

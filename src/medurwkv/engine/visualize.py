@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from ..utils import atomic_write
+
 # index = class label; background (0) is never drawn
 PRED_PALETTE: np.ndarray = np.array(
     [[0, 0, 0], [255, 40, 40], [255, 150, 0], [230, 0, 230], [255, 235, 0], [160, 60, 20], [255, 120, 160]],
@@ -170,7 +172,8 @@ def colorize_mask(mask: Any, palette: np.ndarray | None = None) -> np.ndarray:
 
 
 def save_png(path: str | Path, array: Any) -> Path:
-    """Write ``(H, W)`` or ``(H, W, 3)`` as an 8-bit PNG (non-uint8 input goes through :func:`to_display`)."""
+    """Write ``(H, W)`` or ``(H, W, 3)`` as an 8-bit PNG, atomically (non-uint8 input goes through
+    :func:`to_display`)."""
     from PIL import Image  # lazy: PIL is only needed when writing
 
     a = np.asarray(array)
@@ -178,10 +181,8 @@ def save_png(path: str | Path, array: Any) -> Path:
         a = to_display(a)
     if a.ndim not in (2, 3):
         raise ValueError(f"expected (H, W) or (H, W, 3), got {a.shape}")
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(a)).save(p, format="PNG")
-    return p
+    img = Image.fromarray(np.ascontiguousarray(a))
+    return atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 CASE_KINDS: tuple[str, ...] = ("best", "median", "worst")
