@@ -7,7 +7,10 @@ skipped with a reason only on a developer machine.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -54,3 +57,27 @@ def load_golden(golden_dir: Path):
         return cache[name]
 
     return load
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # the request log would land in the captured stderr
+        pass
+
+
+@pytest.fixture
+def http_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Serve ``tmp_path/www`` on an ephemeral 127.0.0.1 port (never the internet); yields (base URL, folder)."""
+    for var in ("no_proxy", "NO_PROXY"):  # a configured HTTP proxy must not intercept localhost
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
+    www = tmp_path / "www"
+    www.mkdir()
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(www))
+    )
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", www
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -5,16 +5,14 @@ The full report of `data check` stays on stdout; stderr carries only the one-lin
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_testing import one_error_line
 from PIL import Image
 
 from medurwkv.cli import main
@@ -48,14 +46,6 @@ def _binary(n: int) -> dict[str, np.ndarray]:
     return {f"case{k}": _mask(0, 255) for k in range(n)}
 
 
-def _one_error_line(err: str, command: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"medurwkv data {command}: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def run(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -70,7 +60,7 @@ def test_data_without_subcommand_prints_help_and_exits_2(capsys):
 def test_check_missing_folder(tmp_path, capsys):
     code, out, err = run(capsys, "data", "check", str(tmp_path / "nowhere"), "--no-progress")
     assert code == 2
-    line = _one_error_line(err, "check")
+    line = one_error_line(err, "data check")
     assert "nowhere does not exist" in line and "images/ and masks/" in line
     assert "FAILED" in out  # the report itself is on stdout
 
@@ -83,7 +73,7 @@ def test_check_missing_folder_subprocess(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
-    assert "does not exist" in _one_error_line(proc.stderr, "check")
+    assert "does not exist" in one_error_line(proc.stderr, "data check")
 
 
 def test_check_unreadable_image_names_the_file(tmp_path, capsys):
@@ -92,7 +82,7 @@ def test_check_unreadable_image_names_the_file(tmp_path, capsys):
     _save(root / "masks" / "x.png", _mask(0, 255))
     code, out, err = run(capsys, "data", "check", str(root), "--no-progress")
     assert code == 2
-    line = _one_error_line(err, "check")
+    line = one_error_line(err, "data check")
     assert "images/x.png" in line and "cannot read image" in line
     assert "x.png" in out
 
@@ -104,7 +94,7 @@ def test_check_stray_label_without_dataset_json_names_each_file(tmp_path, capsys
     root = _dataset(tmp_path / "d", masks)
     code, out, err = run(capsys, "data", "check", str(root), "--no-progress")
     assert code == 2
-    line = _one_error_line(err, "check")
+    line = one_error_line(err, "data check")
     assert "2 errors" in line and "report above" in line
     report_lines = [s for s in out.splitlines() if "label values" in s]
     assert len(report_lines) == 2, out
@@ -125,7 +115,7 @@ def test_check_values_outside_dataset_json_name_each_file(tmp_path, capsys):
         capsys, "data", "check", str(root), "--no-progress", "--json", str(tmp_path / "r.json")
     )
     assert code == 2
-    _one_error_line(err, "check")
+    one_error_line(err, "data check")
     assert "masks/case0.png has label values [2], expected 0..1" in out
     assert "masks/case2.png has label values [9], expected 0..1" in out
     assert "masks/case1.png" not in out and "masks/case3.png" not in out
@@ -148,7 +138,7 @@ def test_check_strict_turns_warnings_into_exit_2(tmp_path, capsys):
     (root / "images" / "case1.png").write_bytes((root / "images" / "case0.png").read_bytes())  # duplicate
     assert run(capsys, "data", "check", str(root), "--no-progress")[0] == 0
     code, _, err = run(capsys, "data", "check", str(root), "--no-progress", "--strict")
-    assert code == 2 and "--strict: 1 warning(s)" in _one_error_line(err, "check")
+    assert code == 2 and "--strict: 1 warning(s)" in one_error_line(err, "data check")
 
 
 def test_empty_dataset_folder(tmp_path, capsys):
@@ -156,33 +146,33 @@ def test_empty_dataset_folder(tmp_path, capsys):
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
     code, _, err = run(capsys, "data", "check", str(root), "--no-progress")
-    assert code == 2 and "no image/mask pairs found" in _one_error_line(err, "check")
+    assert code == 2 and "no image/mask pairs found" in one_error_line(err, "data check")
     code, _, err = run(capsys, "data", "split", str(root))
-    assert code == 2 and "expected image/mask pairs to split" in _one_error_line(err, "split")
+    assert code == 2 and "expected image/mask pairs to split" in one_error_line(err, "data split")
 
 
 def test_not_a_dataset_folder(tmp_path, capsys):
     (tmp_path / "raw" / "pictures").mkdir(parents=True)
     code, _, err = run(capsys, "data", "split", str(tmp_path / "raw"))
-    assert code == 2 and "is not a dataset folder" in _one_error_line(err, "split")
+    assert code == 2 and "is not a dataset folder" in one_error_line(err, "data split")
 
 
 def test_split_bad_group_regex(tmp_path, capsys):
     root = _dataset(tmp_path / "d", _binary(4))
     code, _, err = run(capsys, "data", "split", str(root), "--group", "(unclosed")
     assert code == 2
-    assert "not a valid regular expression" in _one_error_line(err, "split")
+    assert "not a valid regular expression" in one_error_line(err, "data split")
     code, _, err = run(capsys, "data", "split", str(root), "--group", "^case")
-    assert code == 2 and "exactly one capture group" in _one_error_line(err, "split")
+    assert code == 2 and "exactly one capture group" in one_error_line(err, "data split")
     assert not (root / "splits.json").exists()
 
 
 def test_split_fold_without_folds_writes_nothing(tmp_path, capsys):
     root = _dataset(tmp_path / "d", _binary(6))
     code, _, err = run(capsys, "data", "split", str(root), "--fold", "1")
-    assert code == 2 and "--fold 1 needs --folds K" in _one_error_line(err, "split")
+    assert code == 2 and "--fold 1 needs --folds K" in one_error_line(err, "data split")
     code, _, err = run(capsys, "data", "split", str(root), "--folds", "2", "--fold", "2")
-    assert code == 2 and "out of range" in _one_error_line(err, "split")
+    assert code == 2 and "out of range" in one_error_line(err, "data split")
     assert not (root / "splits.json").exists()
 
 
@@ -212,30 +202,13 @@ def test_bad_split_files_are_user_errors(tmp_path):
 
 def test_prepare_unknown_recipe(tmp_path, capsys):
     code, _, err = run(capsys, "data", "prepare", "nope", str(tmp_path), str(tmp_path / "out"))
-    assert code == 2 and "unknown dataset recipe 'nope'" in _one_error_line(err, "prepare")
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # the server's request log would land in the captured stderr
-        pass
+    assert code == 2 and "unknown dataset recipe 'nope'" in one_error_line(err, "data prepare")
 
 
 @pytest.fixture
-def empty_server(tmp_path, monkeypatch):
-    """A local HTTP server on 127.0.0.1 serving an empty folder: every file is a 404."""
-    for var in ("no_proxy", "NO_PROXY"):  # a configured HTTP proxy must not intercept localhost
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(www))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def empty_server(http_server):
+    """The local HTTP server of tests/conftest.py serving an empty folder: every file is a 404."""
+    return http_server[0]
 
 
 def test_fetch_failed_download(empty_server, tmp_path, capsys):
@@ -243,7 +216,7 @@ def test_fetch_failed_download(empty_server, tmp_path, capsys):
     argv = ["data", "fetch", "hc18", str(tmp_path / "hc18"), "--url", url, "--csv-url", "none"]
     code, _, err = run(capsys, *argv, "--download-dir", str(tmp_path / "dl"), "--no-progress")
     assert code == 2
-    line = _one_error_line(err, "fetch")
+    line = one_error_line(err, "data fetch")
     assert url in line and "404" in line
     assert "by hand" in line and "medurwkv data prepare hc18" in line  # how to fix it
     assert not (tmp_path / "hc18").exists()

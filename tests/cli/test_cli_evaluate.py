@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_testing import one_error_line
 from PIL import Image
 
 from medurwkv.cli import main as cli
@@ -22,13 +23,6 @@ def tiny_dataset(root: Path) -> Path:
     return root
 
 
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("medurwkv evaluate: error:"), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 @pytest.mark.parametrize("kind", ["x.pt", "missing.pt"])
 def test_wrong_checkpoint(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = tiny_dataset(tmp_path / "data")
@@ -39,7 +33,7 @@ def test_wrong_checkpoint(kind: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         ["evaluate", "--ckpt", str(ck), "--data", str(data), "--split", "all", "--out", str(tmp_path / "o")]
     )
     assert rc == 2
-    line = one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err, "evaluate")
     assert "expected a medurwkv checkpoint" in line and kind in line
 
 
@@ -50,4 +44,4 @@ def test_wrong_checkpoint_subprocess(tmp_path: Path) -> None:
     cmd += ["--data", str(data), "--split", "all", "--out", str(tmp_path / "o"), "--device", "cpu"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr
-    assert "x.pt" in one_error_line(res.stderr)
+    assert "x.pt" in one_error_line(res.stderr, "evaluate")

@@ -5,15 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_testing import one_error_line
 
 from medurwkv.cli import main as cli
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("medurwkv export: error:"), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.mark.parametrize("kind", ["x.pt", "missing.pt"])
@@ -21,11 +15,11 @@ def test_wrong_checkpoint(kind: str, tmp_path: Path, capsys: pytest.CaptureFixtu
     if kind == "x.pt":
         (tmp_path / kind).write_text("not a checkpoint")
     assert cli(["export", "--ckpt", str(tmp_path / kind), "--out", str(tmp_path / "m.onnx")]) == 2
-    line = one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err, "export")
     assert "expected a medurwkv checkpoint" in line and kind in line
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))
 
 
 def test_output_must_be_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["export", "--ckpt", str(tmp_path / "whatever.pt"), "--out", str(tmp_path / "m.pt")]) == 2
-    assert "ending in .onnx" in one_error_line(capsys.readouterr().err)
+    assert "ending in .onnx" in one_error_line(capsys.readouterr().err, "export")

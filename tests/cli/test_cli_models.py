@@ -7,19 +7,12 @@ import subprocess
 import sys
 
 import pytest
+from cli_testing import one_error_line
 
 from medurwkv.cli import main
 from medurwkv.engine.benchmark import BENCH_MODELS, benchmark_models, model_table
 from medurwkv.errors import UserError
 from medurwkv.models import list_models
-
-
-def _one_error_line(err: str, cmd: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"medurwkv {cmd}: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def test_models_table_lists_every_matching_model(capsys):
@@ -50,7 +43,7 @@ def test_models_pattern_matching_nothing_is_a_user_error(capsys):
     assert main(["models", "nomatch*"]) == 2
     cap = capsys.readouterr()
     assert cap.out == ""
-    line = _one_error_line(cap.err, "models")
+    line = one_error_line(cap.err, "models")
     assert "'nomatch*'" in line and "medurwkv models" in line
 
 
@@ -80,7 +73,7 @@ def test_benchmark_quick_runs_and_writes_json(capsys, tmp_path):
 
 def test_benchmark_unknown_model_is_a_user_error(capsys):
     assert main(["benchmark", "--quick", "--models", "nosuch", "--sizes", "32"]) == 2
-    line = _one_error_line(capsys.readouterr().err, "benchmark")
+    line = one_error_line(capsys.readouterr().err, "benchmark")
     assert "'nosuch'" in line and "medurwkv models" in line
 
 
@@ -130,7 +123,7 @@ def test_models_subprocess_user_error_and_table():
         timeout=300,
     )
     assert bad.returncode == 2
-    _one_error_line(bad.stderr, "models")
+    one_error_line(bad.stderr, "models")
 
 
 def test_benchmark_worker_entry_point_prints_one_json_row():

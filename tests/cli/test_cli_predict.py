@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_testing import one_error_line
 from PIL import Image
 
 from medurwkv import create_model
 from medurwkv.cli import main as cli
 from medurwkv.engine.checkpoint import save_checkpoint
-
-PREFIX = "medurwkv predict: error:"
 
 
 def tiny_ckpt(path: Path) -> Path:
@@ -24,15 +23,6 @@ def tiny_ckpt(path: Path) -> Path:
     model = create_model("unet", in_channels=1, num_classes=2, base_channels=4, depth=2)
     pre = {"in_channels": 1, "img_size": [16, 16], "normalize": "per_image", "num_classes": 2}
     return save_checkpoint(path, model, preprocess=pre, epoch=1)
-
-
-def one_error_line(err: str, prefix: str) -> str:
-    """The single stderr line; fails unless stderr is exactly one line starting with ``prefix``."""
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(prefix), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +45,7 @@ def test_unreadable_image_writes_the_good_one_and_exits_2(
     rc = cli(["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "in"), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
     assert rc == 2
-    line = one_error_line(captured.err, PREFIX)
+    line = one_error_line(captured.err, "predict")
     assert "bad.png" in line and "good.png" not in line
     assert "predicted 1 image(s)" in captured.out  # the summary is printed before the error
     lab = np.asarray(Image.open(out / "good.png"))
@@ -71,7 +61,7 @@ def test_unreadable_image_subprocess(ckpt: Path, tmp_path: Path) -> None:
     cmd += ["--out", str(out), "--quiet", "--device", "cpu"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr
-    assert "bad.png" in one_error_line(res.stderr, PREFIX)
+    assert "bad.png" in one_error_line(res.stderr, "predict")
     assert (out / "good.png").is_file() and (out / "good_overlay.png").is_file()
 
 
@@ -81,7 +71,7 @@ def test_no_inputs_found(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
         ["predict", "--ckpt", str(ckpt), "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]
     )
     assert rc == 2
-    assert "no image files" in one_error_line(capsys.readouterr().err, PREFIX)
+    assert "no image files" in one_error_line(capsys.readouterr().err, "predict")
 
 
 @pytest.mark.parametrize("kind", ["text.pt", "missing.pt", "missing_dir", "folder_without_best", "text.onnx"])
@@ -96,7 +86,7 @@ def test_wrong_checkpoint(kind: str, tmp_path: Path, capsys: pytest.CaptureFixtu
         ["predict", "--ckpt", str(ck), "--input", str(tmp_path / "img.png"), "--out", str(tmp_path / "o")]
     )
     assert rc == 2
-    line = one_error_line(capsys.readouterr().err, PREFIX)
+    line = one_error_line(capsys.readouterr().err, "predict")
     assert "expected a medurwkv checkpoint" in line and kind in line
     assert not (tmp_path / "o").exists()  # nothing was written
 
@@ -109,7 +99,7 @@ def test_onnx_without_metadata(tmp_path: Path, capsys: pytest.CaptureFixture[str
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "img.png")
     argv = ["predict", "--ckpt", str(tmp_path / "raw.onnx"), "--input", str(tmp_path / "img.png")]
     assert cli([*argv, "--out", str(tmp_path / "o")]) == 2
-    line = one_error_line(capsys.readouterr().err, PREFIX)
+    line = one_error_line(capsys.readouterr().err, "predict")
     assert "no medurwkv metadata" in line and "medurwkv export" in line
 
 
@@ -125,4 +115,4 @@ def test_bad_window_is_a_user_error(ckpt: Path, tmp_path: Path, capsys: pytest.C
         str(tmp_path / "o"),
     ]
     assert cli([*argv, "--window", "4", "4", "4"]) == 2
-    assert "--window N or --window H W" in one_error_line(capsys.readouterr().err, PREFIX)
+    assert "--window N or --window H W" in one_error_line(capsys.readouterr().err, "predict")

@@ -7,22 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_testing import one_error_line
 
 from medurwkv.cli import main as cli
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("medurwkv report: error:"), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def test_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "holiday.jpg").write_bytes(b"x")
     assert cli(["report", str(tmp_path / "photos")]) == 2
-    line = one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err, "report")
     assert "photos" in line and "config.yaml" in line
     assert not (tmp_path / "photos" / "report.html").exists()
 
@@ -31,7 +25,7 @@ def test_missing_folder_subprocess(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "medurwkv.cli", "report", str(tmp_path / "nope")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2
-    assert "not a directory" in one_error_line(res.stderr)
+    assert "not a directory" in one_error_line(res.stderr, "report")
 
 
 def test_a_run_with_only_metrics_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

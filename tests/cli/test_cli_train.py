@@ -7,24 +7,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_testing import one_error_line
 
 from medurwkv.cli import main
 from medurwkv.engine.train import TrainingDiverged
 from medurwkv.errors import UserError
 
 
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("medurwkv train: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def test_missing_data_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     missing = tmp_path / "no_such_data"
     rc = main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--no-progress"])
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err, "train")
     assert rc == 2 and str(missing) in line and "does not exist" in line
 
 
@@ -32,7 +25,7 @@ def test_bad_value_in_yaml_config_exits_2(tmp_path: Path, capsys: pytest.Capture
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: many\n")
     rc = main(["train", "--config", str(cfg), "--data", str(tmp_path), "--out", str(tmp_path / "run")])
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err, "train")
     assert rc == 2 and "epochs" in line and "'many'" in line
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -41,14 +34,14 @@ def test_unknown_yaml_key_and_missing_out_exit_2(tmp_path: Path, capsys: pytest.
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epoch: 3\n")
     assert main(["train", "--config", str(cfg)]) == 2
-    assert "did you mean 'epochs'" in _one_error_line(capsys.readouterr().err)
+    assert "did you mean 'epochs'" in one_error_line(capsys.readouterr().err, "train")
     assert main(["train", "--data", str(tmp_path)]) == 2
-    assert "--out RUN_DIR" in _one_error_line(capsys.readouterr().err)
+    assert "--out RUN_DIR" in one_error_line(capsys.readouterr().err, "train")
 
 
 def test_resume_of_a_folder_without_a_run_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     assert main(["train", "--resume", str(tmp_path)]) == 2
-    assert "last.pt missing" in _one_error_line(capsys.readouterr().err)
+    assert "last.pt missing" in one_error_line(capsys.readouterr().err, "train")
 
 
 def test_training_diverged_is_a_user_error_and_says_what_to_do():
@@ -72,4 +65,4 @@ def test_subprocess_missing_data_folder(tmp_path: Path):
         timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
-    _one_error_line(proc.stderr)
+    one_error_line(proc.stderr, "train")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import threading
 import zipfile
 
 import numpy as np
@@ -19,22 +16,9 @@ from medurwkv.utils import download
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    """Serve tmp_path/www on an ephemeral localhost port; yields the base URL and the folder."""
-    for var in ("no_proxy", "NO_PROXY"):  # a configured HTTP proxy must not intercept localhost
-        monkeypatch.setenv(var, "127.0.0.1,localhost")
-    www = tmp_path / "www"
-    www.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a, **k: None  # keep pytest output clean
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", www
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+def server(http_server):
+    """The local HTTP server of tests/conftest.py: (base URL, folder it serves)."""
+    return http_server
 
 
 def _tiny_hc18_zip(www, tmp_path):
