@@ -1,6 +1,8 @@
 # Two set-up commands (README): `make demo` runs the main job, `make test` runs the tests.
 # Each creates its own virtual environment in .venv and installs what it needs; torch is pinned to the local
 # CPU build for these installs (the package itself declares a range, so GPU users keep their CUDA build).
+# The dev extra pins triton (it declares no torch dependency, so the torch pin stands): the tests run the
+# Triton Bi-WKV kernels in Triton's interpreter on the CPU.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -11,6 +11,14 @@ where ``V_l`` is level ``l`` of ``value`` reshaped row-major to ``(H_l, W_l)``, 
 ``F.grid_sample(V_l, 2·loc − 1, mode="bilinear", padding_mode="zeros", align_corners=False)``, which is what
 this implementation calls, so it runs on any device and dtype, is differentiable by autograd and exports to
 ONNX (``GridSample``, opset ≥ 16) without a custom kernel.
+
+Outside export, :func:`ms_deform_attn` runs that same code inside the custom operator
+``medurwkv::ms_deform_attn`` (registered at import, with a fake implementation and autograd), so that
+``torch.compile`` sees one node per call; its backward is the custom op ``medurwkv::ms_deform_attn_backward``,
+which differentiates the same pure function with ``torch.func.vjp`` (recomputing the sampling: only the inputs
+are kept between forward and backward). While a graph is recorded for export
+(:func:`medurwkv.utils.is_exporting`) the plain ops are traced instead, since exporters cannot translate a
+custom op: ONNX gets ``GridSample`` nodes with dynamic H/W exactly as before.
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..utils import is_tracing
+from ..utils import is_exporting, is_tracing
 
-__all__ = ["ms_deform_attn"]
+__all__ = ["ms_deform_attn", "ms_deform_attn_pytorch"]
 
 ShapesLike = Sequence[Sequence[int]] | Tensor
 StartsLike = Sequence[int] | Tensor | None
@@ -120,6 +128,20 @@ def ms_deform_attn(
     if not is_tracing():
         _validate(value, shapes, starts, sampling_locations, attention_weights)
 
+    if is_exporting():
+        return ms_deform_attn_pytorch(value, shapes, starts, sampling_locations, attention_weights)
+    flat = [n for hw in shapes for n in hw]  # the op schema takes flat int lists: [H_0, W_0, H_1, W_1, ...]
+    return msda_op(value, flat, list(starts), sampling_locations, attention_weights)
+
+
+def ms_deform_attn_pytorch(
+    value: Tensor,
+    shapes: Sequence[tuple[int, int]],
+    starts: Sequence[int],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """The sampling core of :func:`ms_deform_attn` in plain differentiable ops (no checks, no custom op)."""
     out_dtype = value.dtype
     compute = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
     B, _, M, Dh = value.shape
@@ -138,3 +160,100 @@ def ms_deform_attn(
     out = (stacked * a).sum(-1)  # (B*M, Dh, Lq)
     out = out.view(B, M * Dh, Lq).transpose(1, 2)  # (B, Lq, M*Dh)
     return out.to(out_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# custom operators (what torch.compile sees)
+# ----------------------------------------------------------------------------------------------------------------
+def _pairs(flat: Sequence[int]) -> list[tuple[int, int]]:
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+@torch.library.custom_op("medurwkv::ms_deform_attn", mutates_args=())
+def msda_op(
+    value: Tensor,
+    spatial_shapes: list[int],
+    level_start_index: list[int],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """``ms_deform_attn_pytorch`` with ``spatial_shapes`` flattened to [H_0, W_0, H_1, W_1, ...]."""
+    out = ms_deform_attn_pytorch(
+        value, _pairs(spatial_shapes), level_start_index, sampling_locations, attention_weights
+    )
+    return out.contiguous()  # (the core returns a transposed view; the fake promises a contiguous tensor)
+
+
+@msda_op.register_fake
+def _msda_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    B, _, M, Dh = value.shape
+    return value.new_empty((B, sampling_locations.shape[1], M * Dh))
+
+
+@torch.library.custom_op("medurwkv::ms_deform_attn_backward", mutates_args=())
+def msda_backward_op(
+    grad: Tensor,
+    value: Tensor,
+    spatial_shapes: list[int],
+    level_start_index: list[int],
+    sampling_locations: Tensor,
+    attention_weights: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients for (value, sampling_locations, attention_weights), each in its input's dtype.
+
+    Written out with ATen's own grid_sample backward (no autograd: a custom op's implementation runs below the
+    autograd dispatch keys). The per-level samples are recomputed: only the inputs are kept from the forward.
+    """
+    shapes = _pairs(spatial_shapes)
+    compute = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
+    B, _, M, Dh = value.shape
+    Lq, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    grids = (2 * sampling_locations.to(compute) - 1).transpose(1, 2).flatten(0, 1)  # (B*M, Lq, L, P, 2)
+    a = attention_weights.to(compute).transpose(1, 2).reshape(B * M, 1, Lq, L, P)
+    g = grad.to(compute).transpose(1, 2).reshape(B * M, Dh, Lq, 1)  # the forward's last view, undone
+    g_value = torch.zeros(value.shape, dtype=compute, device=value.device)
+    g_grid, g_a = [], []
+    for lvl, ((h, w), s0) in enumerate(zip(shapes, level_start_index)):
+        v = value[:, s0 : s0 + h * w].to(compute).permute(0, 2, 3, 1).reshape(B * M, Dh, h, w)
+        grid = grids[:, :, lvl]  # (B*M, Lq, P, 2)
+        s = F.grid_sample(
+            v, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # (B*M, Dh, Lq, P)
+        g_a.append((g * s).sum(1))  # (B*M, Lq, P)
+        g_s = (g * a[:, :, :, lvl]).contiguous()  # (B*M, Dh, Lq, P)
+        # interpolation_mode 0 = bilinear, padding_mode 0 = zeros (the forward's settings)
+        g_v, g_gr = torch.ops.aten.grid_sampler_2d_backward(g_s, v, grid, 0, 0, False, [True, True])
+        g_value[:, s0 : s0 + h * w] += g_v.view(B, M, Dh, h * w).permute(0, 3, 1, 2)  # (B, h*w, M, Dh)
+        g_grid.append(g_gr)  # (B*M, Lq, P, 2)
+    g_loc = 2 * torch.stack(g_grid, dim=2).view(B, M, Lq, L, P, 2).transpose(1, 2)  # d(2·loc − 1)/d loc = 2
+    g_attn = torch.stack(g_a, dim=2).view(B, M, Lq, L, P).transpose(1, 2)
+    return (
+        g_value.to(value.dtype),
+        g_loc.to(sampling_locations.dtype).contiguous(),
+        g_attn.to(attention_weights.dtype).contiguous(),
+    )
+
+
+@msda_backward_op.register_fake
+def _msda_backward_fake(
+    grad, value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+):
+    return tuple(
+        torch.empty_like(x, memory_format=torch.contiguous_format)
+        for x in (value, sampling_locations, attention_weights)
+    )
+
+
+def _msda_setup_context(ctx, inputs, output) -> None:
+    value, spatial_shapes, level_start_index, loc, attn = inputs
+    ctx.save_for_backward(value, loc, attn)
+    ctx.levels = (spatial_shapes, level_start_index)
+
+
+def _msda_backward(ctx, grad):
+    value, loc, attn = ctx.saved_tensors
+    gv, gl, ga = msda_backward_op(grad, value, *ctx.levels, loc, attn)
+    return gv, None, None, gl, ga
+
+
+msda_op.register_autograd(_msda_backward, setup_context=_msda_setup_context)

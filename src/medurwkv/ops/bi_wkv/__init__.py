@@ -15,13 +15,17 @@ size ``Tc = ceil(T / token_split)``, with ``s = floor(t / Tc) * Tc`` the start o
 where ``no_t`` is the kernel's running-max stabiliser (``docs/vrwkv.md``). ``token_split=None`` gives the
 artefact-free "ideal" form (one token per chunk).
 
-One package, one entry point (:func:`bi_wkv`) over three implementations of the same formula:
+One package, one entry point (:func:`bi_wkv`) over four implementations of the same formula:
 
 - :mod:`.naive`: the O(T²) reference, every term written out (tests only: memory grows with T²);
-- :mod:`.chunked`: the fast O(T) path with a hand-written backward (the default in eager mode and under
-  ``torch.compile``);
+- :mod:`.chunked`: the fast O(T) pure-PyTorch path with a hand-written backward (the default on the CPU);
+- :mod:`.triton`: fused Triton kernels, forward and backward (the default for CUDA tensors);
 - :mod:`.scan`: the O(T) export-friendly path (plain tensor ops with symbolic shapes; the default while a graph
   is recorded for export).
+
+The chunked and Triton paths run inside the custom operator ``medurwkv::bi_wkv`` (:mod:`.op`, registered when
+this package is imported), so ``torch.compile`` sees one node with a fake implementation and an autograd formula
+instead of hundreds of small ops or a graph break.
 """
 
 from __future__ import annotations
@@ -33,13 +37,14 @@ import torch
 from torch import Tensor
 
 from ...utils import is_exporting
+from . import op
 from .chunked import bi_wkv_chunked
 from .naive import bi_wkv_naive
 from .scan import bi_wkv_scan
 
 __all__ = ["bi_wkv", "bi_wkv_chunked", "bi_wkv_naive", "bi_wkv_scan"]
 
-_IMPLS = ("auto", "naive", "chunked", "scan")
+_IMPLS = ("auto", "naive", "chunked", "triton", "scan")
 
 
 def _validate(
@@ -105,17 +110,23 @@ def bi_wkv(
         token_split: the kernel's chunk count (32 for the ImageNet checkpoints, 16 for the ADE20K adapter
             checkpoints); ``None`` computes the artefact-free "ideal" form (one token per chunk).
         eps: the kernel's EPS, added to the stabilised denominator (``den + eps·e^{no_t}``); 1e-6 or 0.
-        impl: ``"chunked"`` (fast O(T) path with a hand-written backward; uses a custom autograd Function and
-            Python loops sized by T, so it cannot be exported), ``"scan"`` (O(T) export-friendly path: plain
-            differentiable tensor ops, shapes derived symbolically from ``k.shape``, so one ONNX graph serves
-            every T; slower than "chunked"), ``"naive"`` (O(T²) reference, differentiated by autograd) or
-            ``"auto"``: ``"scan"`` while a graph is recorded for export (:func:`medurwkv.utils.is_exporting`:
-            ``torch.onnx`` / ``torch.export`` / ``torch.jit.trace``), else ``"chunked"`` (also under
-            ``torch.compile``, which is not an export).
+        impl: ``"chunked"`` (fast O(T) pure-PyTorch path with a hand-written backward, any device; runs in the
+            custom op ``medurwkv::bi_wkv``, which ``torch.compile`` traces as one node but an exporter cannot
+            translate), ``"triton"`` (fused Triton kernels in the same custom op: CUDA tensors, or CPU tensors
+            under ``TRITON_INTERPRET=1``; float32 accumulation, so float64 inputs are refused), ``"scan"`` (O(T)
+            export-friendly path: plain differentiable tensor ops, shapes derived symbolically from
+            ``k.shape``, so one ONNX graph serves every T; slower than "chunked"), ``"naive"`` (O(T²)
+            reference, differentiated by autograd) or ``"auto"``: ``"scan"`` while a graph is recorded for
+            export (:func:`medurwkv.utils.is_exporting`: ``torch.onnx`` / ``torch.export`` /
+            ``torch.jit.trace``); otherwise the custom op with the Triton kernels for CUDA tensors when Triton
+            imports and no input is float64 (on their first failure: one ``RuntimeWarning``, then the chunked
+            path for the rest of the process), else the chunked path (also under ``torch.compile``, which is
+            not an export).
 
     Returns:
         (B, T, C) tensor in the dtype of ``v``. The computation runs in float32 (float64 if any input is
-        float64); half/bfloat16 inputs are upcast and the result is cast back.
+        float64); half/bfloat16 inputs are upcast (the Triton kernels read them as they are and accumulate in
+        float32) and the result is cast back.
 
     Gradients: first order, for all four inputs. The kernel's stabiliser ``no_t`` is held constant, exactly as
     in the reference gradients (this is exact for ``eps = 0``).
@@ -130,22 +141,35 @@ def bi_wkv(
 
     Raises:
         ValueError: on wrong shapes, non-floating dtypes, mixed devices, unknown ``impl``, ``token_split < 1``
-            or a negative ``eps``.
+            or a negative ``eps``; :class:`medurwkv.errors.UserError` (a ``ValueError``) for ``impl="triton"``
+            without Triton, on CPU tensors outside the interpreter, or with float64 inputs.
     """
     _validate(w, u, k, v, token_split, eps, impl)
     if not is_exporting() and k.numel() == 0:  # (a traced numel() would only emit a TracerWarning)
         return torch.zeros_like(v)
-    cdt = torch.float64 if torch.float64 in {w.dtype, u.dtype, k.dtype, v.dtype} else torch.float32
-    w_, u_, k_, v_ = (x.to(cdt) for x in (w, u, k, v))
+    dtypes = {w.dtype, u.dtype, k.dtype, v.dtype}
+    cdt = torch.float64 if torch.float64 in dtypes else torch.float32
     ts = None if token_split is None else int(token_split)
     if impl == "auto":
-        # is_exporting, not is_tracing: torch.compile handles the chunked path's autograd Function, and
-        # compiling is no reason to take the slower scan
-        impl = "scan" if is_exporting() else "chunked"
+        # is_exporting, not is_tracing: torch.compile traces the custom op (one node), and compiling is no
+        # reason to take the slower scan; exporters cannot translate the custom op, so they get the scan.
+        if is_exporting():
+            impl = "scan"
+        else:
+            impl = "triton_or_chunked" if op.triton_usable(k, cdt) else "chunked"
+    elif impl == "triton":
+        op.check_triton_request(k, dtypes)
+    if impl in ("triton", "triton_or_chunked"):
+        # The kernels read low-precision k, v as they are (float32 accumulation inside); the (C,) parameters
+        # are tiny, so they go in float32. Mixed k/v dtypes are unified in float32.
+        kv = k.dtype if k.dtype == v.dtype else torch.float32
+        y, _ = torch.ops.medurwkv.bi_wkv(w.float(), u.float(), k.to(kv), v.to(kv), ts, float(eps), impl)
+        return y.to(v.dtype)
+    w_, u_, k_, v_ = (x.to(cdt) for x in (w, u, k, v))
     if impl == "naive":
         y = bi_wkv_naive(w_, u_, k_, v_, ts, float(eps))
     elif impl == "scan":
         y = bi_wkv_scan(w_, u_, k_, v_, ts, float(eps))
     else:
-        y = bi_wkv_chunked(w_, u_, k_, v_, ts, float(eps))
+        y, _ = torch.ops.medurwkv.bi_wkv(w_, u_, k_, v_, ts, float(eps), "chunked")
     return y.to(v.dtype)

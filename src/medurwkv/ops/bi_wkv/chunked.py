@@ -382,20 +382,39 @@ def _tiles(C: int, per_channel: int, tile_elems: int) -> list[tuple[int, int]]:
     return [(c0, min(C, c0 + ct)) for c0 in range(0, C, ct)]
 
 
+def _forward_tiles(w, u, k, v, token_split, eps, block, tile_elems):
+    """y (B, T, C), the tiles [(c0, c1), ...] and each tile's stabiliser (tile layout; None when eps == 0)."""
+    B, T, C = k.shape
+    tiles = _tiles(C, 2 * B * T, tile_elems)
+    y = k.new_empty((B, T, C))
+    nos = []
+    ws = _Workspace(k.dtype, k.device)
+    for a, b in tiles:
+        yt, no, (g, *_) = _tile_forward(w[a:b], u[a:b], k[..., a:b], v[..., a:b], token_split, eps, block, ws)
+        g.from_tile(yt, y[..., a:b])
+        nos.append(no)
+    return y, tiles, nos
+
+
+def _backward_tiles(gy, w, u, k, v, token_split, eps, block, tiles, nos):
+    """(dw, du, dk, dv) from the tiles' stabilisers ``nos`` (tile layout, or None: recomputed per tile)."""
+    dw, du, dk, dv = torch.empty_like(w), torch.empty_like(u), torch.empty_like(k), torch.empty_like(v)
+    ws = _Workspace(k.dtype, k.device)
+    for (a, b), no in zip(tiles, nos):
+        gw, gu, gk, gv, g = _tile_backward(
+            gy[..., a:b], w[a:b], u[a:b], k[..., a:b], v[..., a:b], token_split, eps, block, ws, no
+        )
+        dw[a:b] = gw
+        du[a:b] = gu
+        g.from_tile(gk, dk[..., a:b])
+        g.from_tile(gv, dv[..., a:b])
+    return dw, du, dk, dv
+
+
 class _BiWKVChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, u, k, v, token_split, eps, block, tile_elems):  # noqa: D102
-        B, T, C = k.shape
-        tiles = _tiles(C, 2 * B * T, tile_elems)
-        y = k.new_empty((B, T, C))
-        nos = []
-        ws = _Workspace(k.dtype, k.device)
-        for a, b in tiles:
-            yt, no, (g, *_) = _tile_forward(
-                w[a:b], u[a:b], k[..., a:b], v[..., a:b], token_split, eps, block, ws
-            )
-            g.from_tile(yt, y[..., a:b])
-            nos.append(no)
+        y, tiles, nos = _forward_tiles(w, u, k, v, token_split, eps, block, tile_elems)
         ctx.save_for_backward(w, u, k, v)
         ctx.nos = nos  # the stabiliser is constant in the backward: keep it rather than recompute it
         ctx.cfg = (token_split, eps, block, tiles)
@@ -406,17 +425,13 @@ class _BiWKVChunked(torch.autograd.Function):
     def backward(ctx, gy):  # noqa: D102
         w, u, k, v = ctx.saved_tensors
         token_split, eps, block, tiles = ctx.cfg
-        dw, du, dk, dv = torch.empty_like(w), torch.empty_like(u), torch.empty_like(k), torch.empty_like(v)
-        ws = _Workspace(k.dtype, k.device)
-        for (a, b), no in zip(tiles, ctx.nos):
-            gw, gu, gk, gv, g = _tile_backward(
-                gy[..., a:b], w[a:b], u[a:b], k[..., a:b], v[..., a:b], token_split, eps, block, ws, no
-            )
-            dw[a:b] = gw
-            du[a:b] = gu
-            g.from_tile(gk, dk[..., a:b])
-            g.from_tile(gv, dv[..., a:b])
-        return dw, du, dk, dv, None, None, None, None
+        return (
+            *_backward_tiles(gy, w, u, k, v, token_split, eps, block, tiles, ctx.nos),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def bi_wkv_chunked(
@@ -435,3 +450,69 @@ def bi_wkv_chunked(
     tile size) change only the speed and memory, never the result (tests use small values to exercise them).
     """
     return _BiWKVChunked.apply(w, u, k, v, token_split, eps, block, tile_elems)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pure functions (no autograd): what the ``medurwkv::bi_wkv`` custom op runs (``ops/bi_wkv/op.py``)
+# ----------------------------------------------------------------------------------------------------------------
+def bi_wkv_chunked_forward_with_stabiliser(
+    w: Tensor,
+    u: Tensor,
+    k: Tensor,
+    v: Tensor,
+    token_split: int | None,
+    eps: float,
+    block: int = BLOCK,
+    tile_elems: int = TILE_ELEMS,
+) -> tuple[Tensor, Tensor]:
+    """y (B, T, C) and the kernel stabiliser no (B, T, C) (an empty (0,) tensor when eps == 0: unused).
+
+    Passing ``no`` to :func:`bi_wkv_chunked_backward` saves recomputing it (about a tenth of the backward)."""
+    y, tiles, nos = _forward_tiles(w, u, k, v, token_split, eps, block, tile_elems)
+    if not eps:
+        return y, k.new_empty((0,))
+    no = torch.empty_like(k)
+    for (a, b), no_t in zip(tiles, nos):
+        _Geom(w[a:b], u[a:b], k.shape[1], token_split, block).from_tile(no_t, no[..., a:b])
+    return y, no
+
+
+def bi_wkv_chunked_forward(
+    w: Tensor,
+    u: Tensor,
+    k: Tensor,
+    v: Tensor,
+    token_split: int | None,
+    eps: float,
+    block: int = BLOCK,
+    tile_elems: int = TILE_ELEMS,
+) -> Tensor:
+    """The chunked Bi-WKV forward as a plain function (no autograd graph): w, u (C,), k, v (B, T, C) -> y."""
+    return _forward_tiles(w, u, k, v, token_split, eps, block, tile_elems)[0]
+
+
+def bi_wkv_chunked_backward(
+    w: Tensor,
+    u: Tensor,
+    k: Tensor,
+    v: Tensor,
+    token_split: int | None,
+    eps: float,
+    gy: Tensor,
+    block: int = BLOCK,
+    tile_elems: int = TILE_ELEMS,
+    no: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dw, du, dk, dv) of <gy, y> for the chunked Bi-WKV, recomputing the forward per tile.
+
+    ``no`` (B, T, C): the stabiliser from :func:`bi_wkv_chunked_forward_with_stabiliser` (held constant);
+    None or empty: recomputed. ``block`` and ``tile_elems`` must not change the result (they never do)."""
+    B, T, C = k.shape
+    tiles = _tiles(C, 2 * B * T, tile_elems)
+    nos: list[Tensor | None] = [None] * len(tiles)
+    if eps and no is not None and no.numel():
+        for i, (a, b) in enumerate(tiles):
+            g = _Geom(w[a:b], u[a:b], T, token_split, block)
+            # +inf in the padded tail: there den becomes inf and y exactly 0 (never NaN, whatever Lin gives)
+            nos[i] = g.to_tile(no[..., a:b], math.inf, k.new_empty((g.tc, B, g.n_chunks, b - a)))
+    return _backward_tiles(gy, w, u, k, v, token_split, eps, block, tiles, nos)
