@@ -38,9 +38,16 @@ def register(subparsers: Any) -> None:
         "check",
         help="validate a dataset folder",
         description="Check pairing, sizes, readability, label values and duplicates; print a summary. "
-        "Exit code 2 when there are errors.",
+        "A folder of 3D volumes (nnU-Net raw or MSD NIfTI, TransUNet's Synapse npz/h5) gets the volume checks: "
+        "geometry of image vs label and across channels, label values, orientation, empty labels, unreadable "
+        "files, each naming the case. Exit code 2 when there are errors.",
     )
-    c.add_argument("root", type=Path, metavar="DIR", help="dataset folder (images/ + masks/, or nnU-Net raw)")
+    c.add_argument(
+        "root",
+        type=Path,
+        metavar="DIR",
+        help="dataset folder (images/ + masks/, nnU-Net raw 2D or 3D, MSD, Synapse)",
+    )
     c.add_argument(
         "--num-classes", type=int, default=None, help="expected number of classes incl. background"
     )
@@ -83,14 +90,21 @@ def register(subparsers: Any) -> None:
 
     r = sub.add_parser(
         "prepare",
-        help="convert an official dataset archive into images/ + masks/",
-        description="Recipes: hc18, isic2017, isic2018, busi, kvasir-seg, glas. SRC may be folders and/or "
-        ".zip archives (zips inside a folder are extracted too).",
+        help="convert an official dataset archive into our layout (2D images/ + masks/, or nnU-Net v2 volumes)",
+        description="2D recipes (write images/ + masks/ + dataset.json): hc18, isic2017, isic2018, busi, "
+        "kvasir-seg, glas. Volume recipes (write the nnU-Net v2 raw layout imagesTr/ + labelsTr/ [+ imagesTs/] "
+        "+ dataset.json): msd, acdc, synapse. SRC may be folders and/or .zip, .tar, .tar.gz or .tgz archives "
+        "(archives inside a folder are extracted too). See docs/data.md.",
     )
     r.add_argument("name", help="recipe name")
-    r.add_argument("src", type=Path, nargs="+", metavar="SRC", help="source folder(s) or .zip archive(s)")
+    r.add_argument("src", type=Path, nargs="+", metavar="SRC", help="source folder(s) or archive(s)")
     r.add_argument("dst", type=Path, metavar="DST", help="output dataset folder (new or empty)")
-    r.add_argument("--overwrite", action="store_true", help="replace images/, masks/ and dataset.json in DST")
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what the recipe writes in DST (images/, masks/ or imagesTr/, labelsTr/, imagesTs/; "
+        "and dataset.json)",
+    )
     r.add_argument("--no-check", action="store_true", help="skip the dataset check after preparing")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=run_prepare, prog="medurwkv data prepare")

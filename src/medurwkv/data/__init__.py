@@ -1,11 +1,11 @@
 """Data layer: dataset discovery, checks, frozen splits, prepare recipes, transforms and torch datasets.
 
-See docs/data.md for the dataset layouts and file formats.
+See docs/data.md for the dataset layouts and file formats (3D volumes: its "Volumes" section).
 """
 
 from __future__ import annotations
 
-from .check import CheckReport, DatasetCheckError, check_dataset
+from .check import CheckReport, DatasetCheckError, VolumeCheckReport, check_dataset, check_volumes
 from .dataset import SegmentationDataset, make_datasets
 from .index import DatasetIndex, discover
 from .io import IMAGE_EXTENSIONS, ImageReadError, read_image, read_mask, write_mask
@@ -20,6 +20,16 @@ from .transforms import (
     preprocess_image,
     to_float01,
 )
+from .volumes import (
+    Volume,
+    VolumeIndex,
+    VolumeReadError,
+    discover_volumes,
+    is_volume_dataset,
+    load_case,
+    read_volume,
+    write_label_volume,
+)
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -33,14 +43,22 @@ __all__ = [
     "SegTransform",
     "SegmentationDataset",
     "Split",
+    "Volume",
+    "VolumeCheckReport",
+    "VolumeIndex",
+    "VolumeReadError",
     "adapt_channels",
     "auto_group",
     "build_transform",
     "check_dataset",
+    "check_volumes",
     "discover",
+    "discover_volumes",
     "ensure_split",
     "fetch_hc18",
     "fill_outline",
+    "is_volume_dataset",
+    "load_case",
     "load_split",
     "make_datasets",
     "make_split",
@@ -49,7 +67,9 @@ __all__ = [
     "preprocess_image",
     "read_image",
     "read_mask",
+    "read_volume",
     "save_split",
     "to_float01",
+    "write_label_volume",
     "write_mask",
 ]

@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from .index import DatasetIndex, contiguous_classes, discover, stray_label_message
 from .io import ImageReadError, image_hash, read_mask
+from .volume_check import format_volume_summary, run_volume_checks
+from .volumes import VolumeIndex, detect_volume_layout, volume_only_message
 
-__all__ = ["CheckReport", "DatasetCheckError", "check_dataset"]
+__all__ = ["CheckReport", "DatasetCheckError", "VolumeCheckReport", "check_dataset", "check_volumes"]
 
 # A label map with more classes than this, inferred from the masks, is almost certainly a grayscale or
 # JPEG mask that still needs thresholding rather than a genuine K-class dataset.
@@ -48,7 +50,9 @@ class CheckReport:
         """Human-readable report: summary, then errors and warnings (each list capped at ``max_items``)."""
         s = self.summary
         lines = [f"dataset {self.root}"]
-        if s:
+        if s.get("kind") == "volumes":
+            lines.extend(format_volume_summary(s))
+        elif s:
             lines.append(f"  layout: {s.get('layout')}   pairs: {s.get('pairs')}")
             if s.get("num_classes") is not None:
                 lines.append(
@@ -103,6 +107,42 @@ class CheckReport:
             "warnings": list(self.warnings),
             "summary": self.summary,
         }
+
+
+class VolumeCheckReport(CheckReport):
+    """The :class:`CheckReport` of a volume dataset (:func:`check_volumes`). ``volumes`` is its
+    :class:`~medurwkv.data.volumes.VolumeIndex` (``None`` when discovery failed), ``layout`` its layout. Its
+    ``index`` (the 2D ``DatasetIndex`` that ``train`` reads after a passed check) raises the ``UserError``
+    saying that training reads 2D image datasets only, so ``train`` stops there with that one message.
+    """
+
+    def __init__(self, root: Path, volumes: VolumeIndex | None = None, layout: str = "volumes") -> None:
+        super().__init__(root=root)
+        self.volumes = volumes
+        self.layout = layout
+
+    def __repr__(self) -> str:  # the dataclass repr would read .index
+        return f"VolumeCheckReport(root={self.root!r}, layout={self.layout!r}, ok={self.ok})"
+
+    @property  # type: ignore[override]
+    def index(self):
+        raise UserError(volume_only_message(self.root, self.layout))
+
+    @index.setter
+    def index(self, value) -> None:
+        if value is not None:
+            raise TypeError("a volume check report has no 2D index; use .volumes")
+
+
+def check_volumes(
+    root: str | Path, num_classes: int | None = None, *, progress: bool = True
+) -> VolumeCheckReport:
+    """Validate a volume dataset (any layout of :mod:`medurwkv.data.volumes`) and summarise it; never raises
+    for dataset problems. The checks are listed in :func:`medurwkv.data.volume_check.run_volume_checks` and
+    docs/data.md ("Volumes")."""
+    report = VolumeCheckReport(Path(root).expanduser())
+    run_volume_checks(report, num_classes, progress=progress)
+    return report
 
 
 def _rel(index: DatasetIndex, p: Path) -> str:
@@ -167,8 +207,14 @@ def check_dataset(
     beyond a gap, e.g. the 7 of {0, 1, 7}, is an error naming each mask that holds it), duplicate image
     content (warning). The summary holds counts, a size histogram, channels, dtypes and class pixel
     frequencies. See docs/data.md ("`medurwkv data check DIR`").
+
+    A folder of 3D volumes (:func:`medurwkv.data.volumes.detect_volume_layout`) is checked by
+    :func:`medurwkv.data.volume_check.check_volumes` instead, which returns a ``VolumeCheckReport``
+    (``.volumes`` is its ``VolumeIndex``; its ``.index`` raises the ``UserError`` that training is 2D-only).
     """
     root = Path(root).expanduser()
+    if detect_volume_layout(root) is not None:  # 3D volumes: their own checks (data/volume_check.py)
+        return check_volumes(root, num_classes, progress=progress)
     report = CheckReport(root=root)
     try:
         index = discover(root, num_classes=num_classes)

@@ -86,7 +86,9 @@ def parse_class_info(meta: dict, source: str = "dataset.json") -> tuple[list[str
     """Class names and count from a dataset.json dict, or None when it declares no classes.
 
     Canonical schema (shared with nnU-Net v2): ``{"labels": {"background": 0, "head": 1}}`` with integer
-    values 0..K-1. Also accepted: ``{"num_classes": K, "class_names": [...]}`` (names optional).
+    values 0..K-1. Also accepted: the Medical Segmentation Decathlon's value -> name form
+    ``{"labels": {"0": "background", "1": "head"}}`` (every value a string), and
+    ``{"num_classes": K, "class_names": [...]}`` (names optional). Class ``k`` is ``names[k]`` in every form.
     """
     if "labels" in meta:
         labels = meta["labels"]
@@ -95,6 +97,8 @@ def parse_class_info(meta: dict, source: str = "dataset.json") -> tuple[list[str
                 f'{source}: "labels" must be a non-empty object like {{"background": 0, "head": 1}}, '
                 f"got {labels!r}"
             )
+        if all(isinstance(v, str) for v in labels.values()):
+            labels = _msd_labels(labels, source)
         by_value: dict[int, str] = {}
         for name, value in labels.items():
             if isinstance(value, (list, tuple)) or name == "ignore":
@@ -127,6 +131,24 @@ def parse_class_info(meta: dict, source: str = "dataset.json") -> tuple[list[str
             )
         return [str(n) for n in names], k
     return None
+
+
+def _msd_labels(labels: dict, source: str) -> dict[str, int]:
+    """MSD's value -> name ``{"0": "background", "1": "x"}`` as nnU-Net's name -> value ``{"background": 0, ...}``."""
+    by_name: dict[str, int] = {}
+    for key, name in labels.items():
+        try:
+            value = int(key)
+        except (TypeError, ValueError):
+            raise UserError(
+                f'{source}: "labels" maps {key!r} to the name {name!r}; expected class numbers as keys in the '
+                'MSD form ({"0": "background", "1": "x"}) or integer values in the nnU-Net form '
+                '({"background": 0, "x": 1})'
+            ) from None
+        if name in by_name:
+            raise UserError(f'{source}: label name "{name}" is used by values {by_name[name]} and {value}')
+        by_name[name] = value
+    return by_name
 
 
 def _load_json(path: Path) -> dict:
@@ -423,12 +445,84 @@ def _find_spacing(
     return {i: spacing.get(i) for i in ids}, {i: extra[i] for i in ids if i in extra}
 
 
+# Volume datasets are read by medurwkv.data.volumes; they are recognised here so that the 2D discovery
+# refuses them with one clear error instead of misreading their NIfTI files as ignored files.
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+
+
+def _nifti_ending(name: str) -> str | None:
+    low = name.lower()
+    return next((e for e in NIFTI_ENDINGS if low.endswith(e)), None)
+
+
+def _strip(name: str, ending: str) -> str:
+    return name[: -len(ending)]
+
+
+def _files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def detect_volume_layout(root: str | Path) -> str | None:
+    """The volume layout of a dataset folder (``"nnunet3d"``, ``"msd"``, ``"synapse"``), or ``None`` when it
+    is not a volume dataset (2D folders, missing paths).
+
+    Rules: ``train_npz/`` or ``test_vol_h5/`` -> synapse; ``imagesTr/`` holding NIfTI files (or a dataset.json
+    whose ``file_ending`` is ``.nii``/``.nii.gz``) -> nnunet3d when dataset.json has ``channel_names`` (or, with
+    no dataset.json keys to go by, every image name ends in ``_XXXX``), else msd.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return None
+    if (root / "train_npz").is_dir() or (root / "test_vol_h5").is_dir():
+        return "synapse"
+    images = [p for p in _files(root / "imagesTr") if p.is_file()]
+    meta = _safe_json(root / "dataset.json")
+    ending = str(meta.get("file_ending", "")).lower()
+    niftis = [p for p in images if _nifti_ending(p.name)]
+    if not niftis and ending not in NIFTI_ENDINGS:
+        return None
+    if not niftis and not (root / "imagesTr").is_dir():
+        return None
+    if "channel_names" in meta:
+        return "nnunet3d"
+    if "modality" in meta:
+        return "msd"
+    stems = [_strip(p.name, _nifti_ending(p.name) or "") for p in niftis]
+    return "nnunet3d" if stems and all(_NNUNET_IMAGE.match(s) for s in stems) else "msd"
+
+
+def volume_only_message(root: str | Path, layout: str, what: str = "medurwkv train") -> str:
+    """The error for commands that read 2D image datasets only, given a volume dataset."""
+    return (
+        f"{root} holds 3D volumes (layout {layout}); `{what}` (like evaluate, predict and data split) reads "
+        "2D image datasets only for now "
+        "(images/ + masks/, or nnU-Net raw with 2D images): slice the volumes to 2D images first, or use "
+        f"the volume API (medurwkv.data.volumes: discover_volumes, load_case); `medurwkv data check {root}` "
+        "checks the volumes"
+    )
+
+
+def _safe_json(path: Path) -> dict:
+    """dataset.json for layout detection: {} when absent or broken (discovery reports a broken one)."""
+    if not path.is_file():
+        return {}
+    try:
+        return _load_json(path)
+    except UserError:
+        return {}
+
+
 def discover(root: str | Path, *, num_classes: int | None = None) -> DatasetIndex:
     """Index a dataset folder (``folder`` or ``nnunet`` layout); see the module docstring.
 
     ``num_classes`` declares the class count when the folder has no dataset.json (names then default to
     background/foreground or class_<k>); if dataset.json declares a different count this raises.
-    Raises ``FileNotFoundError`` / ``UserError`` when the folder is missing or no layout is recognised.
+    Raises ``FileNotFoundError`` / ``UserError`` when the folder is missing or no layout is recognised, and a
+    ``UserError`` for a folder of 3D volumes (read those with :mod:`medurwkv.data.volumes`).
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -441,6 +535,9 @@ def discover(root: str | Path, *, num_classes: int | None = None) -> DatasetInde
             f"{root} is a file, expected a dataset folder with images/ and masks/; "
             "to convert an archive use `medurwkv data prepare NAME SRC DST`"
         )
+    volume_layout = detect_volume_layout(root)
+    if volume_layout is not None:  # NIfTI/Synapse files would otherwise be "ignored files" and "no pairs"
+        raise UserError(volume_only_message(root, volume_layout))
     meta_path = root / "dataset.json"
     meta = _load_json(meta_path) if meta_path.is_file() else None
     if (root / "images").is_dir() and (root / "masks").is_dir():

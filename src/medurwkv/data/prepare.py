@@ -7,7 +7,10 @@ Images are copied byte for byte (ids are the official file stems, except BUSI wh
 spaces); masks are written as 8-bit PNG, 0 = background, 255 = foreground. ``dst/dataset.json``
 records classes, source, licence and the official subsets (``"subsets": {"train": [...], ...}``).
 
-Recipes: ``hc18``, ``isic2017``, ``isic2018``, ``busi``, ``kvasir-seg``, ``glas`` (see docs/data.md).
+Recipes: ``hc18``, ``isic2017``, ``isic2018``, ``busi``, ``kvasir-seg``, ``glas`` (see docs/data.md); the
+volume recipes ``msd``, ``acdc``, ``synapse`` (:mod:`medurwkv.data.prepare_volumes`) write the nnU-Net v2 raw
+layout (``imagesTr/``, ``labelsTr/``, ``imagesTs/``) instead. ``.tar``/``.tar.gz``/``.tgz`` sources are
+extracted like zips (MSD ships tarballs).
 ``fetch_hc18`` downloads HC18's training set from Zenodo, on explicit request only.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import functools
 import re
 import shutil
+import tarfile
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -29,6 +33,7 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..utils import atomic_write_json, download, sha256_file
 from .io import check_writable, read_image, read_label_array, write_mask
+from .prepare_volumes import NNUNET_SUBDIRS, VOLUME_RECIPES, VolumeConversion
 
 __all__ = [
     "HC18_CSV_URL",
@@ -55,15 +60,16 @@ _FETCH_HINT = (
 
 @dataclass
 class PrepareResult:
-    """What a recipe wrote: ``count`` pairs into ``dst``, plus notes (skipped files, fallbacks)."""
+    """What a recipe wrote: ``count`` items (image/mask pairs, or volume cases) into ``dst``, plus notes."""
 
     dst: Path
     count: int
     subsets: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    unit: str = "image/mask pairs"
 
     def format(self) -> str:
-        lines = [f"prepared {self.count} image/mask pairs in {self.dst}"]
+        lines = [f"prepared {self.count} {self.unit} in {self.dst}"]
         if self.subsets:
             lines.append("subsets: " + ", ".join(f"{k} {len(v)}" for k, v in self.subsets.items()))
         lines.extend(f"note: {n}" for n in self.notes)
@@ -73,7 +79,22 @@ class PrepareResult:
 # ----------------------------------------------------------------------------------------- sources
 
 
+_TAR_ENDINGS = (".tar", ".tar.gz", ".tgz")
+
+
+def _is_archive(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".zip") or name.endswith(_TAR_ENDINGS)
+
+
 def _safe_extract(archive: Path, dest: Path) -> Path:
+    if archive.name.lower().endswith(_TAR_ENDINGS):
+        try:
+            with tarfile.open(archive) as tf:
+                tf.extractall(dest, filter="data")  # refuses absolute paths, "..", links out, devices
+        except tarfile.TarError as e:
+            raise UserError(f"{archive} is not a valid tar archive or has an unsafe member ({e})") from e
+        return dest
     try:
         with zipfile.ZipFile(archive) as zf:
             root = dest.resolve()
@@ -96,7 +117,7 @@ def _materialize(sources: Sequence[Path], tmp: Path) -> list[Path]:
         if not src.exists():
             raise FileNotFoundError(f"source {src} does not exist")
         if src.is_file():
-            if src.suffix.lower() == ".zip":
+            if _is_archive(src):
                 roots.append(_safe_extract(src, tmp / f"src{k}"))
             else:
                 # a single loose file (e.g. HC18's pixel-size CSV): expose it through a folder of its own
@@ -106,7 +127,7 @@ def _materialize(sources: Sequence[Path], tmp: Path) -> list[Path]:
                 roots.append(holder)
             continue
         roots.append(src)
-        for j, archive in enumerate(sorted(src.rglob("*.zip"))):
+        for j, archive in enumerate(sorted(p for p in src.rglob("*") if p.is_file() and _is_archive(p))):
             if "__MACOSX" not in archive.parts and not archive.name.startswith("."):
                 roots.append(_safe_extract(archive, tmp / f"src{k}_zip{j}"))
     return roots
@@ -156,15 +177,16 @@ def _check_dst(dst: Path, overwrite: bool) -> None:
         )
 
 
-def _prepare_dst(dst: Path, overwrite: bool) -> None:
+def _prepare_dst(dst: Path, overwrite: bool, subdirs: Sequence[str] = ("images", "masks")) -> None:
+    """Create the recipe's folders in ``dst``; with ``overwrite``, first remove them and dataset.json."""
     if dst.exists() and any(dst.iterdir()) and overwrite:
-        for sub in ("images", "masks"):
+        for sub in subdirs:
             if (dst / sub).is_dir():
                 shutil.rmtree(dst / sub)
         # splits.json is kept: load_split verifies it against the new content
         (dst / "dataset.json").unlink(missing_ok=True)
-    (dst / "images").mkdir(parents=True, exist_ok=True)
-    (dst / "masks").mkdir(parents=True, exist_ok=True)
+    for sub in subdirs:
+        (dst / sub).mkdir(parents=True, exist_ok=True)
 
 
 def _write_pair(dst: Path, sample_id: str, image: Path, mask: np.ndarray) -> None:
@@ -507,6 +529,18 @@ def _recipe_glas(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
     return _finish(dst, meta, len(masks), subsets)
 
 
+def _volume_recipe(convert: Callable[[list[Path], Path, bool], VolumeConversion]):
+    """A volume conversion (prepare_volumes) as a recipe: its result goes through ``_finish``."""
+
+    def run(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
+        done = convert(files, dst, progress)
+        result = _finish(dst, done.meta, done.count, done.subsets, done.notes)
+        result.unit = "cases"
+        return result
+
+    return run
+
+
 RECIPES: dict[str, Callable[[list[Path], Path, bool], PrepareResult]] = {
     "hc18": _recipe_hc18,
     "isic2017": lambda f, d, p: _recipe_isic(f, d, p, year=2017),
@@ -514,7 +548,10 @@ RECIPES: dict[str, Callable[[list[Path], Path, bool], PrepareResult]] = {
     "busi": _recipe_busi,
     "kvasir-seg": _recipe_kvasir,
     "glas": _recipe_glas,
+    **{name: _volume_recipe(convert) for name, convert in VOLUME_RECIPES.items()},
 }
+# folders a recipe writes in DST (created, and replaced with overwrite); images/ + masks/ unless listed
+_RECIPE_SUBDIRS: dict[str, tuple[str, ...]] = {name: NNUNET_SUBDIRS for name in VOLUME_RECIPES}
 
 
 def prepare(
@@ -527,9 +564,10 @@ def prepare(
 ) -> PrepareResult:
     """Convert an official archive layout into ``dst/images``, ``dst/masks`` and ``dst/dataset.json``.
 
-    ``src``: folder(s) and/or .zip archive(s) (extracted to a temporary folder). ``dst`` must be empty
-    or absent (``overwrite=True`` replaces its images/, masks/ and dataset.json; a splits.json is kept and
-    re-verified when loaded). If the recipe fails on a new DST, the partial output is removed.
+    ``src``: folder(s) and/or .zip / .tar[.gz] archive(s) (extracted to a temporary folder). ``dst`` must be
+    empty or absent (``overwrite=True`` replaces its images/, masks/ and dataset.json, or imagesTr/, labelsTr/,
+    imagesTs/ for the volume recipes; a splits.json is kept and re-verified when loaded). If the recipe fails
+    on a new DST, the partial output is removed.
     """
     key = name.lower()
     if key not in RECIPES:
@@ -543,7 +581,7 @@ def prepare(
     with tempfile.TemporaryDirectory(prefix="medurwkv-prepare-") as tmp:
         files = _walk(_materialize(sources, Path(tmp)))
         fresh = not dst.exists() or not any(dst.iterdir())
-        _prepare_dst(dst, overwrite)
+        _prepare_dst(dst, overwrite, _RECIPE_SUBDIRS.get(key, ("images", "masks")))
         try:
             return RECIPES[key](files, dst, progress)
         except BaseException:
