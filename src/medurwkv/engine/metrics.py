@@ -490,18 +490,23 @@ def summary_markdown(summary: Mapping[str, Any], title: str | None = None) -> st
     return "\n".join(lines)
 
 
-def write_outputs(acc: MetricAccumulator, out_dir: str | Path, prefix: str = "") -> dict[str, Path]:
-    """Write ``<prefix>per_image.csv``, ``<prefix>summary.json`` and ``<prefix>summary.md`` into ``out_dir``
-    (each atomically).
+def write_metric_files(
+    out_dir: str | Path,
+    rows_name: str,
+    rows: Sequence[dict[str, Any]],
+    summary: dict[str, Any],
+    markdown: str,
+    prefix: str = "",
+) -> dict[str, Path]:
+    """Write ``<prefix><rows_name>.csv`` (NaN as empty cells), ``<prefix>summary.json`` (NaN refused: pass
+    JSON-ready summaries) and ``<prefix>summary.md`` into ``out_dir``, each atomically.
 
-    Returns the three paths under keys ``"per_image"``, ``"summary_json"``, ``"summary_md"``.
+    The one writer of evaluation outputs, 2D (:func:`write_outputs`) and 3D (``metrics3d``). Returns the paths
+    under ``rows_name``, ``"summary_json"`` and ``"summary_md"``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = acc.per_image_rows()
-    summary = acc.summary()
     paths = {
-        "per_image": out / f"{prefix}per_image.csv",
+        rows_name: out / f"{prefix}{rows_name}.csv",
         "summary_json": out / f"{prefix}summary.json",
         "summary_md": out / f"{prefix}summary.md",
     }
@@ -510,10 +515,22 @@ def write_outputs(acc: MetricAccumulator, out_dir: str | Path, prefix: str = "")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-    atomic_write(paths["per_image"], lambda f: f.write(buf.getvalue().encode("utf-8")))
+    atomic_write(paths[rows_name], lambda f: f.write(buf.getvalue().encode("utf-8")))
     atomic_write_text(paths["summary_json"], json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(paths["summary_md"], summary_markdown(summary))
+    atomic_write_text(paths["summary_md"], markdown)
     return paths
+
+
+def write_outputs(acc: MetricAccumulator, out_dir: str | Path, prefix: str = "") -> dict[str, Path]:
+    """Write ``<prefix>per_image.csv``, ``<prefix>summary.json`` and ``<prefix>summary.md`` into ``out_dir``
+    (each atomically).
+
+    Returns the three paths under keys ``"per_image"``, ``"summary_json"``, ``"summary_md"``.
+    """
+    summary = acc.summary()
+    return write_metric_files(
+        out_dir, "per_image", acc.per_image_rows(), summary, summary_markdown(summary), prefix
+    )
 
 
 def read_per_image_csv(path: str | Path) -> list[dict[str, Any]]:

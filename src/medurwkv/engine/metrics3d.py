@@ -34,9 +34,6 @@ metrics on one point: there, both masks empty give HD95 = ASSD = 0.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -47,7 +44,6 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from ..errors import UserError
-from ..utils import atomic_write, atomic_write_text
 from .metrics import (
     MEAN_KEY,
     _directed_distances,
@@ -56,6 +52,7 @@ from .metrics import (
     _nan_to_none,
     _ratio,
     _stats,
+    write_metric_files,
 )
 
 __all__ = [
@@ -495,23 +492,10 @@ class VolumeMetrics:
     def write_outputs(self, out_dir: str | Path, prefix: str = "") -> dict[str, Path]:
         """Write ``<prefix>per_case.csv``, ``<prefix>summary.json`` and ``<prefix>summary.md`` into ``out_dir``,
         each atomically; returns their paths under ``"per_case"``, ``"summary_json"``, ``"summary_md"``."""
-        out = Path(out_dir)
-        rows = self.per_case_rows()
         summary = self.summary()
-        paths = {
-            "per_case": out / f"{prefix}per_case.csv",
-            "summary_json": out / f"{prefix}summary.json",
-            "summary_md": out / f"{prefix}summary.md",
-        }
-        buf = io.StringIO(newline="")  # csv writes its own \r\n line ends
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-        atomic_write(paths["per_case"], lambda f: f.write(buf.getvalue().encode("utf-8")))
-        atomic_write_text(paths["summary_json"], json.dumps(summary, indent=2, allow_nan=False) + "\n")
-        atomic_write_text(paths["summary_md"], volume_summary_markdown(summary))
-        return paths
+        return write_metric_files(
+            out_dir, "per_case", self.per_case_rows(), summary, volume_summary_markdown(summary), prefix
+        )
 
 
 def volume_summary_markdown(summary: Mapping[str, Any], title: str | None = None) -> str:
