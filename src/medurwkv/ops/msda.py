@@ -12,13 +12,14 @@ where ``V_l`` is level ``l`` of ``value`` reshaped row-major to ``(H_l, W_l)``, 
 this implementation calls, so it runs on any device and dtype, is differentiable by autograd and exports to
 ONNX (``GridSample``, opset ≥ 16) without a custom kernel.
 
-Outside export, :func:`ms_deform_attn` runs that same code inside the custom operator
-``medurwkv::ms_deform_attn`` (registered at import, with a fake implementation and autograd), so that
-``torch.compile`` sees one node per call; its backward is the custom op ``medurwkv::ms_deform_attn_backward``,
-which differentiates the same pure function with ``torch.func.vjp`` (recomputing the sampling: only the inputs
-are kept between forward and backward). While a graph is recorded for export
-(:func:`medurwkv.utils.is_exporting`) the plain ops are traced instead, since exporters cannot translate a
-custom op: ONNX gets ``GridSample`` nodes with dynamic H/W exactly as before.
+Under ``torch.compile``, :func:`ms_deform_attn` runs that same code inside the custom operator
+``medurwkv::ms_deform_attn`` (registered at import, with a fake implementation and autograd), so that the
+compiler sees one node per call; its backward is the custom op ``medurwkv::ms_deform_attn_backward``, written
+out with ATen's ``grid_sampler_2d_backward`` (recomputing the sampling: only the inputs are kept between forward
+and backward). Everywhere else (eager mode, and while a graph is recorded for export, since exporters cannot
+translate a custom op) the plain ops run, differentiated by autograd: eager training keeps exactly the numbers
+it had before the custom op existed (the op's hand-written backward sums in another order, which moves
+float32 results by rounding, ~1e-7 relative), and ONNX gets ``GridSample`` nodes with dynamic H/W.
 """
 
 from __future__ import annotations
@@ -128,7 +129,8 @@ def ms_deform_attn(
     if not is_tracing():
         _validate(value, shapes, starts, sampling_locations, attention_weights)
 
-    if is_exporting():
+    # the custom op only under torch.compile (torch.export compiles too, but exporters need the plain ops)
+    if not torch.compiler.is_compiling() or is_exporting():
         return ms_deform_attn_pytorch(value, shapes, starts, sampling_locations, attention_weights)
     flat = [n for hw in shapes for n in hw]  # the op schema takes flat int lists: [H_0, W_0, H_1, W_1, ...]
     return msda_op(value, flat, list(starts), sampling_locations, attention_weights)
