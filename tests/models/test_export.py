@@ -8,8 +8,6 @@ import torch
 from medurwkv.models import QUICK_OVERRIDES, create_model
 from medurwkv.models.export import export_onnx, run_onnx
 
-pytest.importorskip("onnxruntime")
-
 _SMALL_DECODER = dict(decoder_dim=32, decoder_depths=[1, 1, 1], bottleneck_depth=1)
 TINY = {name: {**QUICK_OVERRIDES[name], **_SMALL_DECODER} for name in ("med_urwkv_t", "med_urwkv_t_pure")}
 

@@ -215,7 +215,8 @@ def test_pretrained_target_bn_buffers_and_spm_stem_adaptation():
 
 def test_golden_adapter_mmseg_checkpoint(load_golden):
     # The ADE20K (mmseg) layout: BN buffers, decode/auxiliary heads, no final ln1 (golden README §2).
-    adapter = pytest.importorskip("medurwkv.models.adapter", reason="the adapter encoder is not in this tree")
+    from medurwkv.models import adapter
+
     pack = load_golden("vrwkv_adapter_mini.pt")
     cfg = {k: v for k, v in pack["config"].items() if k != "pretrained"}
     kernel = dict(wkv_token_split=pack["kernel"]["token_split"], wkv_eps=pack["kernel"]["eps"])
