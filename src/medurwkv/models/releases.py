@@ -90,10 +90,6 @@ class PretrainedCfg:
     sha256: str | None = None
     description: str = ""
 
-    @property
-    def checkpoint_layout(self) -> CheckpointLayout:
-        return LAYOUTS[self.layout]
-
 
 def _official(file: str, layout: str, token_split: int, eps: float, description: str) -> PretrainedCfg:
     return PretrainedCfg(file, HF_BASE + file, layout, token_split, eps, description=description)
