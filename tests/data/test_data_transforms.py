@@ -8,11 +8,13 @@ from medurwkv.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     AugmentConfig,
+    SegTransform,
     adapt_channels,
     build_transform,
     preprocess_image,
     to_float01,
 )
+from medurwkv.errors import UserError
 
 
 def test_to_float01_scales_by_dtype_max():
@@ -123,3 +125,52 @@ def test_mask_size_mismatch_raises():
     tf = build_transform(train=False, img_size=None, in_channels=1, normalize="imagenet")
     with pytest.raises(ValueError, match="sizes must match"):
         tf(np.zeros((4, 4), np.uint8), np.zeros((5, 4), np.int64))
+
+
+def test_crop_fit_keeps_the_pixel_scale():
+    # 20x12 image, 16x16 target: rows are cut (centre), columns padded with zeros; no resampling
+    img = np.arange(20 * 12, dtype=np.float32).reshape(20, 12)
+    mask = (img % 2).astype(np.int64)
+    x, m = build_transform(train=False, img_size=16, in_channels=1, normalize="none", fit="crop")(img, mask)
+    assert x.shape == (1, 16, 16) and m.shape == (16, 16)
+    assert torch.equal(x[0, :, 2:14], torch.from_numpy(img[2:18]))  # centre rows 2..17, columns padded 2 + 2
+    assert (x[0, :, :2] == 0).all() and (x[0, :, 14:] == 0).all() and (m[:, :2] == 0).all()
+    assert torch.equal(m[:, 2:14], torch.from_numpy(mask[2:18]))
+    # training: a random 16x16 window of the padded image; its values are image values or the zero padding
+    plain = AugmentConfig(hflip=0, vflip=0, affine=0, brightness_contrast=0)
+    t = build_transform(
+        train=True, img_size=16, in_channels=1, normalize="none", fit="crop", augment=plain, seed=0
+    )
+    xt, mt = t(img, mask)
+    values = set(np.unique(xt.numpy()).tolist())
+    assert values <= set(img.ravel().tolist()) | {0.0} and len(values) > 100
+    with pytest.raises(UserError, match="fit"):
+        build_transform(train=False, img_size=16, in_channels=1, fit="squash")
+
+
+def test_prenormalised_images_get_an_unclipped_intensity_jitter():
+    # z-scored slices (normalize "none") lie far outside [0, 1]; albumentations' brightness/contrast would
+    # clip them there, so they get the same formula without clipping: x * (1 + c) + b, |c| <= 0.2, |b| <= 0.2
+    img = np.linspace(-8, 8, 32 * 32, dtype=np.float32).reshape(32, 32)
+    cfg = AugmentConfig(hflip=0, vflip=0, affine=0, resized_crop=0, brightness_contrast=1.0)
+    t = SegTransform(train=True, img_size=32, in_channels=1, normalize="none", augment=cfg, seed=0)
+    seen = []
+    for seed in range(20):
+        t.set_seed(seed)
+        x = t(img)[0][0].numpy().astype(np.float64)
+        # the jitter is affine: fit x = a * img + b exactly
+        a, b = np.polyfit(img.ravel().astype(np.float64), x.ravel(), 1)
+        assert np.allclose(x, a * img + b, atol=1e-4)
+        assert 0.8 - 1e-6 <= a <= 1.2 + 1e-6 and abs(b) <= 0.2 + 1e-6
+        assert x.min() < -6 and x.max() > 6  # not clipped to [0, 1]
+        seen.append((round(a, 6), round(b, 6)))
+    assert len(set(seen)) == 20  # a different draw per seed
+    t.set_seed(3)
+    again = t(img)[0]
+    t.set_seed(3)
+    assert torch.equal(again, t(img)[0])  # the same seed, the same jitter
+    # 2D images in [0, 1] keep albumentations' transform (and its clipping)
+    t2d = SegTransform(train=True, img_size=32, in_channels=1, normalize="per_image", augment=cfg, seed=0)
+    assert not t2d._own_jitter
+    assert any(type(op).__name__ == "RandomBrightnessContrast" for op in t2d.geometry.transforms)
+    assert not any(type(op).__name__ == "RandomBrightnessContrast" for op in t.geometry.transforms)

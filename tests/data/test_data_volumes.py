@@ -13,6 +13,7 @@ import pytest
 
 from medurwkv.data import (
     discover,
+    discover_dataset,
     discover_volumes,
     is_volume_dataset,
     load_case,
@@ -186,8 +187,9 @@ def test_synapse_h5_without_h5py_says_how_to_install(tmp_path, monkeypatch):
 
 def test_2d_discover_refuses_volume_folders(tmp_path):
     root = nnunet3d(tmp_path / "d")
-    with pytest.raises(UserError, match=r"holds 3D volumes \(layout nnunet3d\).*2D image datasets only"):
+    with pytest.raises(UserError, match=r"holds 3D volumes \(layout nnunet3d\).*reads 2D image datasets"):
         discover(root)
+    assert discover_dataset(root).ids == discover_volumes(root).ids  # the reader of both kinds
     assert not is_volume_dataset(tmp_path / "missing") and detect_volume_layout(tmp_path) is None
 
 

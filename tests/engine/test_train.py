@@ -416,3 +416,36 @@ def test_docs_describe_every_option():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     missing = [f for f in TrainConfig.__dataclass_fields__ if f"`--{f.replace('_', '-')}`" not in doc]
     assert not missing, f"options missing from docs/training.md: {missing}"
+
+
+def test_pooled_validation_dice_counts_voxels_not_slices():
+    """Volume runs pick best.pt by Dice pooled over the validation pixels: a model predicting background
+    everywhere scores ~1 per slice on mostly empty slices, but 0 pooled."""
+    from medurwkv import create_model
+    from medurwkv.engine.distributed import DistInfo
+    from medurwkv.engine.train_loop import build_trainer
+
+    cfg = TrainConfig(model="unet", model_kwargs={"base_channels": 4, "depth": 2})
+    model = create_model("unet", in_channels=1, num_classes=3, base_channels=4, depth=2)
+    trainer = build_trainer(cfg, model, 1, torch.device("cpu"), DistInfo(), lambda _: None)
+    # 4 slices of 8x8: three empty, one holding class 1 (4 px) and class 2 (2 px)
+    y = torch.zeros(4, 8, 8, dtype=torch.int64)
+    y[3, :2, :2] = 1
+    y[3, 5, 5:7] = 2
+    pred = torch.zeros_like(y)
+    pred[3, :2, :1] = 1  # 2 of the 4 class-1 pixels, nothing else
+    pred[0, 7, 7] = 2  # one false class-2 pixel on an empty slice
+
+    def predicting(labels: torch.Tensor):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 10.0  # (B, K, H, W)
+
+        return forward
+
+    model.forward = predicting(pred)  # type: ignore[method-assign]
+    loader = [{"image": torch.zeros(4, 1, 8, 8), "mask": y}]
+    _, per_slice = trainer.validate(loader)
+    _, pooled = trainer.validate(loader, pooled=True)
+    # pooled: class 1 2*2 / (2*2 + 0 + 2) = 2/3; class 2: tp 0, fp 1, fn 2 -> 0; mean 1/3
+    assert pooled == pytest.approx(1 / 3)
+    assert per_slice > pooled  # the empty slices predicted empty count as 1 per slice

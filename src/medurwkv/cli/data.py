@@ -161,7 +161,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    from ..data import discover, ensure_split, load_split
+    from ..data import discover_dataset, ensure_split, load_split
     from ..data.split import DEFAULT_FILENAME
 
     # option combinations are checked before anything is written
@@ -171,7 +171,7 @@ def run_split(args: argparse.Namespace) -> int:
         raise UserError(
             f"--fold {args.fold} out of range: expected 0..{args.folds - 1} for --folds {args.folds}"
         )
-    index = discover(args.root)
+    index = discover_dataset(args.root)  # images, or the cases of a volume dataset
     out = args.out if args.out is not None else args.root / DEFAULT_FILENAME
     if out.exists() and not args.force:
         raise UserError(

@@ -65,7 +65,9 @@ def register(subparsers: Any) -> None:
         help="segment image files with a checkpoint, run folder or exported ONNX model",
         description="Write, per input image, <stem>.png (label values), <stem>_255.png (binary tasks), "
         "<stem>_overlay.png and, with --save-probs, <stem>_probs.npy into --out. Default mode: resize to the "
-        "training img_size and resize the probabilities back (as in training); see --native and --window.",
+        "training img_size and resize the probabilities back (as in training); see --native and --window. "
+        "A model trained on volumes takes NIfTI volumes (CASE_0000.nii.gz ... or CASE.nii.gz) and writes "
+        "CASE.nii.gz label maps with the input's affine, header and shape.",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint .pt, run folder (best.pt) or exported .onnx")
     p.add_argument("--input", required=True, nargs="+", help="image file(s), folder(s) or glob pattern(s)")
@@ -80,14 +82,49 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import resolve_device
-    from ..engine.predict import Segmenter, predict_paths
+    from ..engine.predict import Segmenter
 
     window = window_option(args.window)
     segmenter = Segmenter.from_checkpoint(args.ckpt, device=resolve_device(args.device))
     mode_line = segmenter.describe_mode(native=args.native, window=window, tta=args.tta)
     print(f"model: {segmenter}")
-    print(f"mode: {mode_line}")
-    summary = predict_paths(
+    if segmenter.preprocess.get("volume") is not None:  # trained on volumes: NIfTI in, NIfTI out
+        summary = _predict_volumes(segmenter, args, window)
+    else:
+        print(f"mode: {mode_line}")
+        summary = _predict_images(segmenter, args, window)
+    print(summary)
+    if summary.n_ok == 0 and not summary.failed:
+        raise UserError(
+            f"expected image files, folders or glob patterns in --input, got none in {args.input}"
+        )
+    if summary.failed:
+        raise UserError(summary.failure_text())
+    return 0
+
+
+def _predict_volumes(segmenter: Any, args: argparse.Namespace, window: Any) -> Any:
+    from ..engine.volume_inference import predict_volumes
+
+    refused = [
+        flag
+        for flag, on in (("--native", args.native), ("--window", window), ("--save-probs", args.save_probs))
+        if on
+    ]
+    if refused:
+        raise UserError(
+            f"expected none of {', '.join(refused)} for a model trained on volumes (slices are resized as in "
+            "training); drop them"
+        )
+    return predict_volumes(
+        segmenter, args.input, args.out, tta=args.tta, batch_size=args.batch_size, progress=not args.quiet
+    )
+
+
+def _predict_images(segmenter: Any, args: argparse.Namespace, window: Any) -> Any:
+    from ..engine.predict import predict_paths
+
+    return predict_paths(
         segmenter,
         args.input,
         args.out,
@@ -101,11 +138,3 @@ def run(args: argparse.Namespace) -> int:
         overlay_mode=args.overlay_mode,
         progress=not args.quiet,
     )
-    print(summary)
-    if summary.n_ok == 0 and not summary.failed:
-        raise UserError(
-            f"expected image files, folders or glob patterns in --input, got none in {args.input}"
-        )
-    if summary.failed:
-        raise UserError(summary.failure_text())
-    return 0

@@ -34,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if h is None:
         print("headline Dice: n/a (no evaluation and no val_dice in metrics.csv)")
     elif h["source"] == "eval":
-        n = f" over {h['n_images']} images" if h["n_images"] is not None else ""
-        print(f"headline Dice ({h['split']}, per-image mean{n}): {h['value']:.4f}")
+        print(f"headline Dice ({h['split']}, {h['statistic']}): {h['value']:.4f}")
     else:
         ep = h["epoch"]
         print(f"headline Dice (best val_dice during training, epoch {ep}; not evaluated): {h['value']:.4f}")

@@ -113,7 +113,7 @@ class VolumeCheckReport(CheckReport):
     """The :class:`CheckReport` of a volume dataset (:func:`check_volumes`). ``volumes`` is its
     :class:`~medurwkv.data.volumes.VolumeIndex` (``None`` when discovery failed), ``layout`` its layout. Its
     ``index`` (the 2D ``DatasetIndex`` that ``train`` reads after a passed check) raises the ``UserError``
-    saying that training reads 2D image datasets only, so ``train`` stops there with that one message.
+    saying that it reads 2D image datasets (training on volumes reads ``.volumes``).
     """
 
     def __init__(self, root: Path, volumes: VolumeIndex | None = None, layout: str = "volumes") -> None:
@@ -126,7 +126,7 @@ class VolumeCheckReport(CheckReport):
 
     @property  # type: ignore[override]
     def index(self):
-        raise UserError(volume_only_message(self.root, self.layout))
+        raise UserError(volume_only_message(self.root, self.layout, "VolumeCheckReport.index"))
 
     @index.setter
     def index(self, value) -> None:
@@ -210,7 +210,7 @@ def check_dataset(
 
     A folder of 3D volumes (:func:`medurwkv.data.volumes.detect_volume_layout`) is checked by
     :func:`medurwkv.data.volume_check.check_volumes` instead, which returns a ``VolumeCheckReport``
-    (``.volumes`` is its ``VolumeIndex``; its ``.index`` raises the ``UserError`` that training is 2D-only).
+    (``.volumes`` is its ``VolumeIndex``; its ``.index``, the 2D index, raises a ``UserError``).
     """
     root = Path(root).expanduser()
     if detect_volume_layout(root) is not None:  # 3D volumes: their own checks (data/volume_check.py)

@@ -26,8 +26,9 @@ class SegmentationDataset(Dataset):
     """Samples ``{"image": (C,H,W) float32, "mask": (H,W) int64, "id": str}`` for the given ids.
 
     ``train=True`` with ``augment=True`` applies the training augmentation; otherwise the deterministic
-    evaluation transform (identical to ``preprocess_image``). Mask values are validated against the
-    index's ``num_classes``.
+    evaluation transform (identical to ``preprocess_image``). ``fit``: ``"resize"`` to ``img_size`` or
+    ``"crop"`` (pad and cut, keeping the pixel scale; see ``SegTransform``). Mask values are validated against
+    the index's ``num_classes``.
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class SegmentationDataset(Dataset):
         normalize: str = "imagenet",
         augment: bool | AugmentConfig = True,
         seed: int = 0,
+        fit: str = "resize",
     ) -> None:
         known = set(index.ids)
         missing = [i for i in ids if i not in known]
@@ -63,6 +65,7 @@ class SegmentationDataset(Dataset):
             normalize=normalize,
             augment=cfg,
             seed=self.seed,
+            fit=fit,
         )
         # shared memory: set_epoch in the main process is seen by (persistent) worker processes
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -83,7 +86,10 @@ class SegmentationDataset(Dataset):
         return int(np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(1)[0])
 
     def __getitem__(self, position: int) -> dict:
-        sample_id = self.ids[position]
+        return self._sample(self.ids[position], position)
+
+    def _sample(self, sample_id: str, position: int) -> dict:
+        """Sample ``sample_id`` with the augmentation stream of ``position`` in this epoch."""
         image = self.index.load_image(sample_id)
         mask = self.index.load_mask(sample_id)
         if self.augmenting:

@@ -495,14 +495,13 @@ def detect_volume_layout(root: str | Path) -> str | None:
     return "nnunet3d" if stems and all(_NNUNET_IMAGE.match(s) for s in stems) else "msd"
 
 
-def volume_only_message(root: str | Path, layout: str, what: str = "medurwkv train") -> str:
-    """The error for commands that read 2D image datasets only, given a volume dataset."""
+def volume_only_message(root: str | Path, layout: str, what: str = "medurwkv.data.discover") -> str:
+    """The error of the 2D readers (``discover``, ``CheckReport.index``) given a volume dataset."""
     return (
-        f"{root} holds 3D volumes (layout {layout}); `{what}` (like evaluate, predict and data split) reads "
-        "2D image datasets only for now "
-        "(images/ + masks/, or nnU-Net raw with 2D images): slice the volumes to 2D images first, or use "
-        f"the volume API (medurwkv.data.volumes: discover_volumes, load_case); `medurwkv data check {root}` "
-        "checks the volumes"
+        f"{root} holds 3D volumes (layout {layout}); `{what}` reads 2D image datasets (images/ + masks/, or "
+        "nnU-Net raw with 2D images): read volumes with medurwkv.data.volumes.discover_volumes / load_case "
+        "(or medurwkv.data.discover_dataset, which takes both); the commands train, evaluate, predict and "
+        "data split take volume folders as they are"
     )
 
 

@@ -32,8 +32,9 @@ import numpy as np
 
 from ..errors import UserError
 from ..utils import atomic_write_json
-from .index import DatasetIndex, discover
+from .index import DatasetIndex
 from .io import check_writable
+from .volumes import discover_dataset
 
 __all__ = [
     "DEFAULT_FILENAME",
@@ -455,7 +456,7 @@ def ensure_split(
     Saving into a read-only dataset folder raises ``PermissionError`` suggesting ``out``.
     """
     root = Path(root).expanduser()
-    index = index if index is not None else discover(root)
+    index = index if index is not None else discover_dataset(root)
     path = Path(out).expanduser() if out is not None else root / DEFAULT_FILENAME
     if path.exists() and not overwrite:
         split = load_split(path, index, fold=fold)

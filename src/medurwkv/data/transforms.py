@@ -11,7 +11,8 @@ Pipeline for every image (train, val, test, predict)::
   luminance (0.299 R + 0.587 G + 0.114 B) when it takes 1.
 * ``normalize``: ``"imagenet"``: (x - mean) / std with mean (0.485, 0.456, 0.406), std (0.229, 0.224,
   0.225) on the [0, 1] scale (1-channel or non-RGB images use the means of the three values);
-  ``"per_image"``: per-channel zero mean / unit std over the image (constant channels become 0).
+  ``"per_image"``: per-channel zero mean / unit std over the image (constant channels become 0);
+  ``"none"``: as given (slices of volumes, normalised per volume before slicing: data/volume_slices.py).
 * Geometry uses albumentations: images bilinear, masks nearest. Evaluation resizes straight to
   ``img_size`` (aspect ratio is not kept), so predictions must be resized back to the original size.
 
@@ -44,7 +45,7 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-NORMALIZE_MODES = ("imagenet", "per_image")
+NORMALIZE_MODES = ("imagenet", "per_image", "none")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -99,6 +100,8 @@ def normalize_image(image: np.ndarray, mode: str) -> np.ndarray:
         mean = image.mean(axis=(0, 1), dtype=np.float64).astype(np.float32)  # (C,)
         std = image.std(axis=(0, 1), dtype=np.float64).astype(np.float32)  # (C,)
         return (image - mean) / np.maximum(std, np.float32(1e-6))
+    if mode == "none":  # already normalised (volume slices: data/volume_slices.py)
+        return image
     raise UserError(f"normalize must be one of {NORMALIZE_MODES}, got {mode!r}")
 
 
@@ -113,15 +116,24 @@ def _size(img_size: int | Sequence[int] | None) -> tuple[int, int] | None:
     return size  # type: ignore[return-value]
 
 
-def _eval_geometry(size: tuple[int, int] | None) -> A.Compose:
-    ops = (
-        []
-        if size is None
-        else [
-            A.Resize(size[0], size[1], interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)
-        ]
+FIT_MODES = ("resize", "crop")
+
+
+def _pad(size: tuple[int, int]) -> A.PadIfNeeded:
+    # zero padding: the mean intensity of an image normalised to zero mean, background for the mask
+    return A.PadIfNeeded(
+        min_height=size[0], min_width=size[1], border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=1.0
     )
-    return A.Compose(ops)
+
+
+def _eval_geometry(size: tuple[int, int] | None, fit: str = "resize") -> A.Compose:
+    if size is None:
+        return A.Compose([])
+    if fit == "crop":  # keep the pixel scale: pad small images, cut the centre of large ones
+        return A.Compose([_pad(size), A.CenterCrop(size[0], size[1], p=1.0)])
+    return A.Compose(
+        [A.Resize(size[0], size[1], interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST)]
+    )
 
 
 @dataclass(frozen=True)
@@ -141,9 +153,17 @@ class AugmentConfig:
     contrast: float = 0.2
 
 
-def _train_geometry(size: tuple[int, int] | None, cfg: AugmentConfig, seed: int | None) -> A.Compose:
+def _train_geometry(
+    size: tuple[int, int] | None,
+    cfg: AugmentConfig,
+    seed: int | None,
+    fit: str = "resize",
+    intensity: bool = True,
+) -> A.Compose:
     ops: list = []
-    if size is not None:
+    if size is not None and fit == "crop":  # keep the pixel scale: pad, then a random window of img_size
+        ops += [_pad(size), A.RandomCrop(size[0], size[1], p=1.0)]
+    elif size is not None:
         # OneOf uses the children's p as relative weights: crop with probability cfg.resized_crop
         crop_p = min(max(cfg.resized_crop, 0.0), 1.0)
         choices = []
@@ -188,7 +208,7 @@ def _train_geometry(size: tuple[int, int] | None, cfg: AugmentConfig, seed: int 
                 p=cfg.affine,
             )
         )
-    if cfg.brightness_contrast > 0:
+    if intensity and cfg.brightness_contrast > 0:  # albumentations clips float images to [0, 1]
         ops.append(
             A.RandomBrightnessContrast(
                 brightness_limit=cfg.brightness, contrast_limit=cfg.contrast, p=cfg.brightness_contrast
@@ -201,7 +221,9 @@ class SegTransform:
     """Joint image/mask transform: ``(image ndarray, mask ndarray|None) -> (C,H,W) float32, (H,W) int64``.
 
     ``train=True`` applies the augmentation (seeded through ``set_seed``), otherwise only the
-    deterministic evaluation resize. Built by ``build_transform``.
+    deterministic evaluation resize. ``fit="crop"`` keeps the pixel scale instead of resizing to ``img_size``:
+    images are zero-padded to at least ``img_size`` and cut to it (a random window when training, the centre
+    otherwise); volumes resampled to a target spacing use it. Built by ``build_transform``.
     """
 
     def __init__(
@@ -213,7 +235,10 @@ class SegTransform:
         normalize: str,
         augment: AugmentConfig | None = None,
         seed: int | None = None,
+        fit: str = "resize",
     ) -> None:
+        if fit not in FIT_MODES:
+            raise UserError(f"expected fit one of {FIT_MODES}, got {fit!r}")
         if normalize not in NORMALIZE_MODES:
             raise UserError(f"normalize must be one of {NORMALIZE_MODES}, got {normalize!r}")
         if in_channels < 1:
@@ -223,13 +248,30 @@ class SegTransform:
         self.in_channels = in_channels
         self.normalize = normalize
         self.augment = augment or AugmentConfig()
+        # Images already normalised (normalize "none": z-scored volume slices) are not in [0, 1], where
+        # albumentations' RandomBrightnessContrast would clip them; they get the same jitter unclipped instead.
+        self._own_jitter = train and normalize == "none" and self.augment.brightness_contrast > 0
+        self._rng = np.random.default_rng(seed)
         self.geometry = (
-            _train_geometry(self.img_size, self.augment, seed) if train else _eval_geometry(self.img_size)
+            _train_geometry(self.img_size, self.augment, seed, fit, intensity=not self._own_jitter)
+            if train
+            else _eval_geometry(self.img_size, fit)
         )
 
     def set_seed(self, seed: int) -> None:
-        """Re-seed albumentations' random state (all transforms of the pipeline)."""
+        """Re-seed albumentations' random state (all transforms of the pipeline) and the intensity jitter's."""
         self.geometry.set_random_seed(int(seed))
+        self._rng = np.random.default_rng(int(seed))
+
+    def _jitter(self, x: np.ndarray) -> np.ndarray:
+        """x * (1 + U(-contrast, contrast)) + U(-brightness, brightness), with probability brightness_contrast:
+        albumentations' brightness/contrast formula on a z-score scale, without its clipping."""
+        cfg = self.augment
+        if self._rng.random() >= cfg.brightness_contrast:
+            return x
+        alpha = 1.0 + self._rng.uniform(-cfg.contrast, cfg.contrast)
+        beta = self._rng.uniform(-cfg.brightness, cfg.brightness)
+        return x * np.float32(alpha) + np.float32(beta)
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray | None = None
@@ -248,6 +290,8 @@ class SegTransform:
         if x.ndim == 2:  # OpenCV drops a trailing singleton channel
             x = x[..., None]
         x = normalize_image(np.asarray(x, dtype=np.float32), self.normalize)
+        if self._own_jitter:
+            x = self._jitter(x)
         tx = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (C, H, W)
         tm = None if m is None else torch.from_numpy(np.ascontiguousarray(m).astype(np.int64))  # (H, W)
         return tx, tm
@@ -261,6 +305,7 @@ def build_transform(
     normalize: str = "imagenet",
     augment: AugmentConfig | None = None,
     seed: int | None = None,
+    fit: str = "resize",
 ) -> SegTransform:
     """Training (augmenting) or evaluation (resize-only) transform; see the module docstring."""
     return SegTransform(
@@ -270,6 +315,7 @@ def build_transform(
         normalize=normalize,
         augment=augment,
         seed=seed,
+        fit=fit,
     )
 
 

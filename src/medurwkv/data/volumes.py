@@ -39,12 +39,14 @@ from ..utils import atomic_write
 from .index import (
     _NNUNET_IMAGE,
     NIFTI_ENDINGS,
+    DatasetIndex,
     _files,
     _load_json,
     _nifti_ending,
     _strip,
     default_class_names,
     detect_volume_layout,
+    discover,
     parse_class_info,
     volume_only_message,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "VolumeIndex",
     "VolumeReadError",
     "detect_volume_layout",
+    "discover_dataset",
     "discover_volumes",
     "is_volume_dataset",
     "as_label_array",
@@ -63,6 +66,7 @@ __all__ = [
     "read_synapse_pair",
     "read_synapse_slices",
     "read_volume",
+    "stack_channels",
     "volume_only_message",
     "write_label_volume",
     "write_volume",
@@ -165,6 +169,15 @@ class VolumeIndex:
 def is_volume_dataset(root: str | Path) -> bool:
     """True when ``root`` holds a 3D volume dataset in one of :data:`VOLUME_LAYOUTS`."""
     return detect_volume_layout(root) is not None
+
+
+def discover_dataset(root: str | Path, *, num_classes: int | None = None) -> DatasetIndex | VolumeIndex:
+    """The index of any dataset folder: a :class:`VolumeIndex` (cases) for volumes, else the 2D
+    :class:`~medurwkv.data.index.DatasetIndex` (images); both have ``root``, ``ids`` and ``dataset_json``,
+    which is what splitting needs."""
+    if is_volume_dataset(root):
+        return discover_volumes(root, num_classes=num_classes)
+    return discover(root, num_classes=num_classes)
 
 
 # ---------------------------------------------------------------------------------------------- discovery
@@ -620,6 +633,19 @@ def load_case(index: VolumeIndex, case_id: str) -> tuple[np.ndarray, np.ndarray 
         channels, _, label = _read_case_arrays(index, case_id)
     except VolumeReadError as e:
         raise VolumeReadError(f"case {case_id!r} of {index.root}: {e}") from e
+    image, ref = stack_channels(channels, case_id, index.rel)
+    if label is not None and label.shape != image.shape[1:]:
+        raise UserError(
+            f"case {case_id!r}: label has shape {label.shape} but the image {image.shape[1:]} (X, Y, Z); "
+            "the label must be on the image's grid"
+        )
+    return image, label, ref
+
+
+def stack_channels(channels: Sequence[Volume], case_id: str, name: Any = str) -> tuple[np.ndarray, Volume]:
+    """The channel volumes of one case (each 3D, or one 4D file with the channels last) as a float32
+    (C, X, Y, Z) image, and the 3D reference :class:`Volume` of its grid (the first channel's geometry, the
+    reference of the label map); ``name(path)`` names files in the error raised when shapes differ."""
     parts: list[np.ndarray] = []
     for vol in channels:
         a = vol.array
@@ -629,18 +655,13 @@ def load_case(index: VolumeIndex, case_id: str) -> tuple[np.ndarray, np.ndarray 
     if len(shapes) != 1:
         raise UserError(
             f"case {case_id!r}: channel files differ in shape {sorted(shapes)} "
-            f"({', '.join(index.rel(v.path) for v in channels)}); all channels of a case must share one grid"
+            f"({', '.join(name(v.path) for v in channels)}); all channels of a case must share one grid"
         )
     image = np.stack([p.astype(np.float32, copy=False) for p in parts])  # (C, X, Y, Z)
-    if label is not None and label.shape != image.shape[1:]:
-        raise UserError(
-            f"case {case_id!r}: label has shape {label.shape} but the image {image.shape[1:]} (X, Y, Z); "
-            "the label must be on the image's grid"
-        )
     ref = channels[0]
     if ref.array is not None and ref.array.ndim == 4:  # the reference of a label map is 3D
         ref = Volume(**{**ref.__dict__, "shape": ref.shape[:3], "array": None})
-    return image, label, ref
+    return image, ref
 
 
 # ---------------------------------------------------------------------------------------------- writing

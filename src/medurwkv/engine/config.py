@@ -91,7 +91,8 @@ class TrainConfig:
     # --- data
     data: str | None = _opt(
         None,
-        "dataset folder (images/ + masks/, or nnU-Net imagesTr/ + labelsTr/)",
+        "dataset folder (images/ + masks/, nnU-Net imagesTr/ + labelsTr/ with 2D images, or a volume "
+        "dataset: NIfTI nnU-Net v2 / MSD, Synapse npz/h5, trained as 2D slices)",
         metavar="DIR",
         shown="required",
         resume=True,
@@ -137,13 +138,44 @@ class TrainConfig:
     )
     normalize: str | None = _opt(
         None,
-        "'imagenet' or 'per_image' (null: imagenet for a pretrained encoder, else per_image)",
+        "'imagenet' or 'per_image' (null: imagenet for a pretrained encoder, else per_image; volumes: "
+        "see --intensity)",
         choices=("imagenet", "per_image"),
     )
     augment: bool = _opt(
         True, "flips / affine / crop / mild intensity augmentation of the training split [ours]"
     )
-    limit: int | None = _opt(None, "use only the first N images of each split (smoke runs)")
+    limit: int | None = _opt(
+        None, "use only the first N images (cases, for volumes) of each split (smoke runs)"
+    )
+    # --- volumes (3D datasets, trained as 2D slices; docs/data.md "Training on volumes")
+    slice_axis: str = _opt(
+        "auto",
+        "volumes: array axis to slice along, 0, 1 or 2 of (X, Y, Z), or 'auto' (largest median spacing, "
+        "Z for isotropic volumes) [ours]",
+        choices=("auto", "0", "1", "2"),
+    )
+    context_slices: int = _opt(
+        0, "volumes: 2.5D, k neighbouring slices on each side as extra input channels (0: plain 2D) [ours]"
+    )
+    foreground_oversample: float = _opt(
+        0.33,
+        "volumes: probability that a training sample is drawn from the slices holding foreground "
+        "(nnU-Net's 0.33)",
+    )
+    target_spacing: float | None = _opt(
+        None,
+        "volumes: resample slices in-plane to this voxel size (mm) and pad / crop them to --img-size instead "
+        "of resizing, so every slice keeps one physical scale; predictions are resampled back (null: resize "
+        "each slice to --img-size) [ours]",
+        metavar="MM",
+    )
+    intensity: str = _opt(
+        "auto",
+        "volumes: intensity normalisation per channel: 'auto' (CT channels: clip to the training foreground's "
+        "0.5-99.5 percentiles + z-score; others: z-score per volume, as nnU-Net), 'ct' or 'zscore'",
+        choices=("auto", "ct", "zscore"),
+    )
     # --- model
     model: str = _opt("med_urwkv_t", "registered model name (`medurwkv models` lists them)")
     pretrained: bool | str = _opt(
@@ -252,7 +284,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "val_every"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise bad(name, "to be an integer >= 1")
-        for name in ("num_workers", "freeze_encoder_epochs", "seed"):
+        for name in ("num_workers", "freeze_encoder_epochs", "seed", "context_slices"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
                 raise bad(name, "to be an integer >= 0")
         for name in ("max_train_batches", "max_val_batches", "limit", "in_channels"):
@@ -268,6 +300,10 @@ class TrainConfig:
                 raise bad(name, ">= 0")
         if not self.encoder_lr_scale > 0:
             raise bad("encoder_lr_scale", "> 0 (1.0 = same lr as the decoder)")
+        if self.target_spacing is not None and not self.target_spacing > 0:
+            raise bad("target_spacing", "> 0 (mm) or null")
+        if not 0 <= self.foreground_oversample <= 1:
+            raise bad("foreground_oversample", "in [0, 1]")
         if not self.poly_power >= 0:
             raise bad("poly_power", ">= 0")
         if self.grad_clip is not None and not self.grad_clip > 0:

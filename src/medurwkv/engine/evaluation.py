@@ -1,4 +1,5 @@
-"""``medurwkv evaluate``: metrics of a trained model on a dataset split, at the images' original resolution.
+"""``medurwkv evaluate``: metrics of a trained model on a dataset split, at the images' original resolution
+(volume datasets: per volume in 3D, see :func:`_evaluate_volumes` and docs/predict.md, "Volumes").
 
 Every image of the split is predicted with a :class:`~medurwkv.engine.predict.Segmenter` (same modes as
 ``predict``: by default resized to the training ``img_size`` and the probabilities resized back), and the
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..data.volumes import is_volume_dataset
 from ..errors import UserError
 from ..utils import atomic_write_text
 from .predict import Segmenter
@@ -175,11 +177,14 @@ def evaluate(
 
     Args:
         ckpt_or_segmenter: what to evaluate.
-        data_dir: dataset folder (``images/`` + ``masks/`` or nnU-Net layout, see ``data.index.discover``).
+        data_dir: dataset folder (``images/`` + ``masks/`` or nnU-Net layout, see ``data.index.discover``), or
+            a volume dataset (``data.volumes``) for a model trained on volumes: each case is then segmented
+            slice by slice and scored in 3D per class (``engine/metrics3d.py``; ``per_case.csv``).
         split: ``"test"``, ``"val"``, ``"train"`` or ``"all"`` (every image, no split file needed).
         split_file: split JSON (default: see :func:`resolve_split_ids`).
         fold: fold of a k-fold split file (default: the training's fold when it used this dataset).
-        ids: evaluate exactly these image ids (``split`` then only names the output); overrides split files.
+        ids: evaluate exactly these image (or case) ids (``split`` then only names the output); overrides
+            split files.
         out_dir: output folder (default ``RUN_DIR/eval/<split>`` when the checkpoint is in a run folder).
         out: alias of ``out_dir`` (the CLI's ``--out``).
         tta, native, window, overlap, batch_size: inference options of :meth:`Segmenter.predict`.
@@ -211,6 +216,35 @@ def evaluate(
         seg = Segmenter.from_checkpoint(source, device=device)
     run_dir = run_dir_of(source)
     data_root = Path(data_dir).expanduser()
+    if is_volume_dataset(data_root):
+        if native or window is not None:
+            raise UserError(
+                "expected neither --native nor --window for a volume dataset (its slices are resized as in "
+                f"training), got {'--native' if native else '--window'}; drop it"
+            )
+        return _evaluate_volumes(
+            seg,
+            data_root,
+            run_dir,
+            split=split,
+            split_file=split_file,
+            fold=fold,
+            ids=ids,
+            out=_out_dir(out_dir, out, run_dir, source, split),
+            tta=tta,
+            batch_size=batch_size,
+            include_background=include_background,
+            thumbnails=thumbnails,
+            report=report,
+            progress=progress,
+            verbose=verbose,
+            t0=t0,
+        )
+    if seg.preprocess.get("volume") is not None:
+        raise UserError(
+            f"{seg.source or 'the model'} was trained on volumes, but {data_root} is not a volume dataset "
+            "(imagesTr/ + labelsTr/ NIfTI); evaluate it on volumes"
+        )
     index = discover(data_root)
     if not index.ids:
         raise UserError(f"no image/mask pairs found in {data_root}; check it with `medurwkv data check`")
@@ -222,43 +256,8 @@ def evaluate(
     if not index.classes_known:
         # no dataset.json: take the model's classes, so masks are validated against them
         index.set_inferred_classes(seg.num_classes - 1)
-    if ids is not None:
-        ids = [str(i) for i in ids]
-        missing = sorted(set(ids) - set(index.ids))
-        if missing:
-            raise UserError(
-                f"{len(missing)} ids are not image/mask pairs of {data_root} (e.g. {missing[:5]})"
-            )
-        if not ids:
-            raise UserError("expected at least one image id to evaluate, got an empty list")
-        split_info: dict[str, Any] = {
-            "split": split,
-            "split_file": None,
-            "checksum": None,
-            "split_source": "ids argument",
-        }
-    else:
-        ids, split_info = resolve_split_ids(
-            index,
-            split,
-            split_file=split_file,
-            fold=fold,
-            checkpoint_info=seg.checkpoint_info,
-            run_dir=run_dir,
-        )
-    if out_dir is not None and out is not None and Path(out_dir) != Path(out):
-        raise UserError(f"expected one of out_dir / out, got both ({out_dir} and {out})")
-    out_dir = out_dir if out_dir is not None else out
-    if out_dir is None:
-        if run_dir is None:
-            raise UserError(
-                f"the checkpoint {source} is not inside a run folder (config.yaml / metrics.csv beside it); "
-                "pass out_dir / --out DIR"
-            )
-        out = run_dir / "eval" / split
-    else:
-        out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    ids, split_info = _split_ids(index, ids, split, split_file, fold, seg, run_dir)
+    out = _out_dir(out_dir, out, run_dir, source, split)
 
     mode, mode_size = seg.resolve_mode(native=native, window=window)  # fails early on a bad window
     mode_line = seg.describe_mode(native=native, window=window, tta=tta)
@@ -288,26 +287,22 @@ def evaluate(
             bar.update(1)
     bar.close()
 
-    paths = write_outputs(acc, out)
     summary = acc.summary()
-    summary["evaluation"] = {
-        "checkpoint": str(seg.source) if seg.source is not None else None,
-        "backend": seg.backend,
-        "model": (seg.model_spec or {}).get("name"),
-        "data": str(data_root),
-        **split_info,
-        "mode": mode,
-        "model_input_size": list(mode_size) if mode_size else None,
-        "mode_description": mode_line,
-        "tta": bool(tta),
-        "overlap": overlap if mode == "window" else None,
-        "resolution": "original image size (predictions resized back before scoring)",
-        "spacing_source": "dataset spacing CSV" if summary["distance_unit"] == "mm" else None,
-        "epoch": seg.checkpoint_info.get("epoch"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    atomic_write_text(paths["summary_json"], json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    _write_summary(
+        write_outputs(acc, out)["summary_json"],
+        summary,
+        seg,
+        data_root,
+        split_info,
+        t0,
+        mode=mode,
+        model_input_size=list(mode_size) if mode_size else None,
+        mode_description=mode_line,
+        tta=bool(tta),
+        overlap=overlap if mode == "window" else None,
+        resolution="original image size (predictions resized back before scoring)",
+        spacing_source="dataset spacing CSV" if summary["distance_unit"] == "mm" else None,
+    )
 
     if thumbnails:
         save_case_thumbnails(
@@ -325,18 +320,187 @@ def evaluate(
             + ("n/a" if hl is None else f"{hl:.4f}")
         )
         print(f"wrote {out}")
-    if report and run_dir is not None and _is_within(out, run_dir):
-        from .report import build_report
+    if report:
+        _rebuild_report(run_dir, out, verbose)
+    return summary
 
-        try:
-            path = build_report(run_dir)
-            if verbose:
-                print(f"report: {path}")
-        except Exception as e:  # noqa: BLE001 - the metrics are written; a report failure must not hide them
-            print(
-                f"warning: could not rebuild the report of {run_dir}: {type(e).__name__}: {e}",
-                file=sys.stderr,
+
+def _write_summary(
+    path: Path,
+    summary: dict[str, Any],
+    seg: Segmenter,
+    data_root: Path,
+    split_info: dict[str, Any],
+    t0: float,
+    **how: Any,
+) -> None:
+    """Add the ``"evaluation"`` block (what was evaluated on what, and ``how``) and rewrite summary.json."""
+    summary["evaluation"] = {
+        "checkpoint": str(seg.source) if seg.source is not None else None,
+        "backend": seg.backend,
+        "model": (seg.model_spec or {}).get("name"),
+        "data": str(data_root),
+        **split_info,
+        **how,
+        "epoch": seg.checkpoint_info.get("epoch"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_text(path, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+
+def _split_ids(
+    index: Any,
+    ids: Sequence[str] | None,
+    split: str,
+    split_file: str | Path | None,
+    fold: int | None,
+    seg: Segmenter,
+    run_dir: Path | None,
+) -> tuple[list[str], dict[str, Any]]:
+    """The ids to evaluate: ``ids`` as given (checked against the dataset), else the split's."""
+    if ids is None:
+        return resolve_split_ids(
+            index,
+            split,
+            split_file=split_file,
+            fold=fold,
+            checkpoint_info=seg.checkpoint_info,
+            run_dir=run_dir,
+        )
+    ids = [str(i) for i in ids]
+    missing = sorted(set(ids) - set(index.ids))
+    if missing:
+        raise UserError(f"{len(missing)} ids are not labelled cases of {index.root} (e.g. {missing[:5]})")
+    if not ids:
+        raise UserError("expected at least one id to evaluate, got an empty list")
+    return ids, {"split": split, "split_file": None, "checksum": None, "split_source": "ids argument"}
+
+
+def _out_dir(
+    out_dir: str | Path | None, out: str | Path | None, run_dir: Path | None, source: Any, split: str
+) -> Path:
+    """``out_dir`` / ``out`` (aliases), else ``RUN_DIR/eval/<split>``; created."""
+    if out_dir is not None and out is not None and Path(out_dir) != Path(out):
+        raise UserError(f"expected one of out_dir / out, got both ({out_dir} and {out})")
+    chosen = out_dir if out_dir is not None else out
+    if chosen is None:
+        if run_dir is None:
+            raise UserError(
+                f"the checkpoint {source} is not inside a run folder (config.yaml / metrics.csv beside it); "
+                "pass out_dir / --out DIR"
             )
+        path = run_dir / "eval" / split
+    else:
+        path = Path(chosen).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _rebuild_report(run_dir: Path | None, out: Path, verbose: bool) -> None:
+    """Rebuild ``RUN_DIR/report.html`` when the evaluation was written inside the run folder."""
+    if run_dir is None or not _is_within(out, run_dir):
+        return
+    from .report import build_report
+
+    try:
+        path = build_report(run_dir)
+        if verbose:
+            print(f"report: {path}")
+    except Exception as e:  # noqa: BLE001 - the metrics are written; a report failure must not hide them
+        print(f"warning: could not rebuild the report of {run_dir}: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def _evaluate_volumes(
+    seg: Segmenter,
+    data_root: Path,
+    run_dir: Path | None,
+    *,
+    split: str,
+    split_file: str | Path | None,
+    fold: int | None,
+    ids: Sequence[str] | None,
+    out: Path,
+    tta: bool,
+    batch_size: int,
+    include_background: bool,
+    thumbnails: bool,
+    report: bool,
+    progress: bool,
+    verbose: bool,
+    t0: float,
+) -> dict[str, Any]:
+    """``evaluate`` on a volume dataset: each case segmented slice by slice, scored in 3D per class."""
+    from tqdm.auto import tqdm
+
+    from ..data.volumes import discover_volumes, load_case
+    from .metrics3d import VolumeMetrics, volume_summary_markdown
+    from .visualize import save_volume_thumbnails
+    from .volume_inference import segment_volume, volume_spec
+
+    spec = volume_spec(seg)
+    index = discover_volumes(data_root)
+    if index.class_names is not None and len(index.class_names) != seg.num_classes:
+        raise UserError(
+            f"{data_root} declares {len(index.class_names)} classes {index.class_names} but the model predicts "
+            f"{seg.num_classes} {seg.class_names}; evaluate on a dataset with the model's classes"
+        )
+    ids, split_info = _split_ids(index, ids, split, split_file, fold, seg, run_dir)
+    mode_line = seg.describe_mode(tta=tta) + f"; volumes: {spec.describe()}"
+    if verbose:
+        print(f"evaluating {seg} on {len(ids)} volumes of {data_root} (split {split}); mode: {mode_line}")
+    acc = VolumeMetrics(seg.num_classes, seg.class_names, include_background=include_background)
+    kept: dict[str, tuple[_Compressed, _Compressed]] = {}  # case -> (pred, gt) for the thumbnails
+    spacing_known = True
+    for case in tqdm(ids, desc=f"evaluate {split}", unit="vol", disable=None if progress else True):
+        image, gt, ref = load_case(index, case)  # (C, X, Y, Z), (X, Y, Z), geometry
+        if gt is None:
+            raise UserError(f"case {case!r} of {data_root} has no label; evaluation needs labelled cases")
+        pred = segment_volume(
+            seg,
+            image,
+            spacing=ref.spacing if ref.spacing_known else None,
+            tta=tta,
+            batch_size=batch_size,
+            name=f"case {case!r}",
+        )
+        spacing_known = spacing_known and ref.spacing_known
+        acc.add(case, pred, gt, spacing=ref.spacing if ref.spacing_known else None)
+        kept[case] = (_compress_labels(pred), _compress_labels(gt))
+    summary = acc.summary()
+    _write_summary(
+        acc.write_outputs(out)["summary_json"],
+        summary,
+        seg,
+        data_root,
+        split_info,
+        t0,
+        mode="volume slices",
+        model_input_size=list(seg.img_size) if seg.img_size else None,
+        mode_description=mode_line,
+        tta=bool(tta),
+        resolution="each volume on its own voxel grid (slice predictions resized back before scoring)",
+        spacing_source="NIfTI header" if spacing_known else None,
+    )
+    if thumbnails:
+        save_volume_thumbnails(
+            out / "cases",
+            acc.per_case_rows(),
+            images=lambda c: load_case(index, c)[0][0],  # first channel (X, Y, Z)
+            preds=lambda c: _decompress_labels(kept[c][0]),
+            gts=lambda c: _decompress_labels(kept[c][1]),
+            axis=spec.axis,
+        )
+    if verbose:
+        print(volume_summary_markdown(summary, title=f"{split} ({len(ids)} volumes)"))
+        hl = summary["headline"]["value"]
+        print(
+            f"headline Dice ({split}, mean over classes of the mean over {len(ids)} volumes): "
+            + ("n/a" if hl is None else f"{hl:.4f}")
+        )
+        print(f"wrote {out}")
+    if report:
+        _rebuild_report(run_dir, out, verbose)
     return summary
 
 

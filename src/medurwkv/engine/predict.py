@@ -536,6 +536,11 @@ def predict_paths(
     from ..data.io import read_image
     from .visualize import overlay as draw_overlay
 
+    if segmenter.preprocess.get("volume") is not None:
+        raise UserError(
+            f"{segmenter.source or 'this model'} was trained on volumes (slices of 3D scans); predict NIfTI "
+            "volumes with medurwkv.engine.volume_inference.predict_volumes (`medurwkv predict` does so itself)"
+        )
     t0 = time.perf_counter()
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)

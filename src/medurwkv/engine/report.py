@@ -5,10 +5,16 @@ Reads what exists of the run directory (every part is optional, so partial runs 
     RUN_DIR/config.yaml                    training configuration (shown verbatim)
     RUN_DIR/metrics.csv                    one row per epoch: epoch, train_loss, val_loss, val_dice, lr,
                                            epoch_time_s
-    RUN_DIR/eval/<split>/summary.json      MetricAccumulator.summary() (engine/metrics.py)
+    RUN_DIR/eval/<split>/summary.json      MetricAccumulator.summary() (engine/metrics.py), or for volumes
+                                           VolumeMetrics.summary() (engine/metrics3d.py, format
+                                           "medurwkv-volume-metrics-v1")
     RUN_DIR/eval/<split>/summary.md        its Markdown rendering (shown when summary.json is missing)
     RUN_DIR/eval/<split>/per_image.csv     per-image rows (histogram of per-image Dice, column dice_mean)
-    RUN_DIR/eval/<split>/cases/{best,median,worst}_<id>.png   overlays (engine/visualize.save_case_thumbnails)
+    RUN_DIR/eval/<split>/per_case.csv      volumes: per-case, per-class rows (histogram of the per-case Dice)
+    RUN_DIR/eval/<split>/cases/{best,median,worst}_<id>.png   overlays (engine/visualize.save_case_thumbnails;
+                                           for volumes the busiest slice, save_volume_thumbnails)
+    RUN_DIR/slices/index.json              volumes: the resolved slicing / intensity spec ("spec", the same
+                                           dict as the checkpoint's preprocess["volume"])
 
 and writes ``RUN_DIR/report.html`` with every figure embedded as a base64 PNG (no external CSS, JS or images).
 The command line (``medurwkv/cli/report.py``) first checks with :func:`require_run_dir` that the folder is a run.
@@ -46,6 +52,11 @@ SPLIT_ORDER: tuple[str, ...] = ("test", "val", "valid", "validation", "train")
 CASE_KINDS: tuple[str, ...] = ("best", "median", "worst")  # same as visualize.CASE_KINDS (kept import-free)
 OVERLAP = ("dice", "iou", "precision", "recall")
 DISTANCE = ("hd95", "assd")
+# summary.json of engine/metrics3d.VolumeMetrics, slices/index.json spec of data/volume_slices.VolumeSpec (kept
+# import-free: the report must not need torch / scipy to read a run)
+VOLUME_METRICS_FORMAT = "medurwkv-volume-metrics-v1"
+VOLUME_SLICES_FORMAT = "medurwkv-volume-slices-v1"
+VOLUME_METRICS = ("dice", "iou", "hd95", "assd")
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;background:#f4f5f7;
@@ -72,6 +83,8 @@ img.fig{max-width:100%;height:auto;background:#fff;border:1px solid #d8dce3;bord
 figcaption{font-size:13px;margin-top:6px;color:#333;word-break:break-all}
 .legend span{display:inline-block;width:12px;height:12px;border-radius:2px;margin:0 4px 0 12px;
 vertical-align:middle} .legend span:first-child{margin-left:0}
+.legend div{margin:2px 0}
+tr.mean td{font-weight:600;background:#f7f8fa}
 .split{background:#fff;border:1px solid #d8dce3;border-radius:8px;padding:6px 18px 14px;margin:14px 0}
 """
 
@@ -147,7 +160,8 @@ def find_splits(run_dir: str | Path) -> list[Path]:
     found = [
         d
         for d in ev.iterdir()
-        if d.is_dir() and any((d / n).is_file() for n in ("summary.json", "summary.md", "per_image.csv"))
+        if d.is_dir()
+        and any((d / n).is_file() for n in ("summary.json", "summary.md", "per_image.csv", "per_case.csv"))
     ]
 
     def order(d: Path) -> tuple[int, str]:
@@ -201,31 +215,84 @@ def _per_image_dice(split_dir: Path) -> tuple[str, list[float]] | None:
     return col, vals
 
 
-def _split_dice(split_dir: Path) -> tuple[float, int | None] | None:
+def _is_volume(s: dict[str, Any] | None) -> bool:
+    return isinstance(s, dict) and s.get("format") == VOLUME_METRICS_FORMAT
+
+
+def _per_case_dice(split_dir: Path) -> dict[str, dict[str, float]]:
+    """Volumes: ``per_case.csv`` -> ``{case_id: {class_name: dice}}`` (file order; unreadable cells dropped)."""
+    p = split_dir / "per_case.csv"
+    if not p.is_file():
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for r in _read_rows(p):
+        try:
+            v = float(r.get("dice", ""))
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            out.setdefault(str(r.get("case_id", "")), {})[str(r.get("class_name", ""))] = v
+    return out
+
+
+def _case_means(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    # the ranking of save_volume_thumbnails: a case's Dice averaged over its evaluated classes
+    return {c: sum(v.values()) / len(v) for c, v in per_case.items() if v}
+
+
+def _split_dice(split_dir: Path) -> tuple[float, int | None, bool] | None:
+    """``(headline Dice, number of images / volumes, is_volume)`` of a split, or None."""
     s = _load_summary(split_dir)
+    if s is not None and _is_volume(s):
+        v = (s.get("headline") or {}).get("value")
+        if v is None:
+            v = ((s.get("mean") or {}).get("mean_over_cases") or {}).get("dice")
+        return (float(v), s.get("n_cases"), True) if v is not None else None
     if s is not None:
         v = (s.get("headline") or {}).get("value")
         if v is None:
             v = ((s.get("mean") or {}).get("per_image_mean") or {}).get("dice")
         if v is not None:
-            return float(v), s.get("n_images")
+            return float(v), s.get("n_images"), False
     d = _per_image_dice(split_dir)
     if d and d[1]:
-        return sum(d[1]) / len(d[1]), len(d[1])
+        return sum(d[1]) / len(d[1]), len(d[1]), False
+    means = _case_means(_per_case_dice(split_dir))
+    if means:  # a volume split without summary.json: the per-case means (no class mean is possible here)
+        return sum(means.values()) / len(means), len(means), True
     return None
 
 
+def _statistic(is_volume: bool, n: int | None) -> str:
+    """How the headline Dice was averaged, for labels: ``per-image mean over 9 images``."""
+    if is_volume:
+        over = f" over {n} volumes" if n is not None else ""
+        return f"mean over classes of the per-class mean{over}"
+    return f"per-image mean over {n} images" if n is not None else "per-image mean"
+
+
 def headline_dice(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run's headline Dice: per-image mean Dice of the first evaluated split (test, val, ... order).
+    """The run's headline Dice: per-image mean Dice of the first evaluated split (test, val, ... order); for a
+    volume evaluation the mean over classes of the per-class mean Dice over cases (TransUNet / Synapse).
 
     Falls back to the best ``val_dice`` of ``metrics.csv`` when nothing was evaluated. Returns ``{"value",
-    "source", "split", "n_images", "epoch"}`` or ``None``.
+    "source", "split", "n_images", "epoch", "n_cases", "statistic"}`` or ``None``; ``n_images`` is ``None``
+    for volumes (``n_cases`` holds their count), ``statistic`` says how the value was averaged.
     """
     run = Path(run_dir)
     for d in find_splits(run):
         sd = _split_dice(d)
         if sd is not None:
-            return {"value": sd[0], "source": "eval", "split": d.name, "n_images": sd[1], "epoch": None}
+            value, n, vol = sd
+            return {
+                "value": value,
+                "source": "eval",
+                "split": d.name,
+                "n_images": None if vol else n,
+                "epoch": None,
+                "n_cases": n if vol else None,
+                "statistic": _statistic(vol, n),
+            }
     log = run / "metrics.csv"
     if log.is_file():
         cols = read_training_log(log)
@@ -235,7 +302,15 @@ def headline_dice(run_dir: str | Path) -> dict[str, Any] | None:
             v, i = max(finite)
             ep = cols.get("epoch", [])
             epoch = int(ep[i]) if i < len(ep) and math.isfinite(ep[i]) else i
-            return {"value": v, "source": "training", "split": "val", "n_images": None, "epoch": epoch}
+            return {
+                "value": v,
+                "source": "training",
+                "split": "val",
+                "n_images": None,
+                "epoch": epoch,
+                "n_cases": None,
+                "statistic": "best val_dice during training",
+            }
     return None
 
 
@@ -288,8 +363,10 @@ def plot_learning_curves(cols: dict[str, list[float]]) -> bytes:
     return _figure_png(fig)
 
 
-def plot_dice_histogram(values: Sequence[float], title: str) -> bytes:
-    """Histogram of per-image Dice in [0, 1] with the mean and median marked."""
+def plot_dice_histogram(
+    values: Sequence[float], title: str, *, xlabel: str = "per-image Dice", ylabel: str = "images"
+) -> bytes:
+    """Histogram of per-image (or per-case) Dice in [0, 1] with the mean and median marked."""
     import numpy as np
     from matplotlib.figure import Figure
 
@@ -302,7 +379,7 @@ def plot_dice_histogram(values: Sequence[float], title: str) -> bytes:
         ax.axvline(v.mean(), color="#0b6e4f", lw=2, label=f"mean {v.mean():.4f}")
         ax.axvline(float(np.median(v)), color="#d8613b", lw=2, ls="--", label=f"median {np.median(v):.4f}")
         ax.legend(fontsize=8, loc="upper left")
-    ax.set(title=title, xlabel="per-image Dice", ylabel="images")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     return _figure_png(fig)
 
@@ -347,8 +424,85 @@ def _section_config(run: Path) -> str:
     if facts:
         out.append("<table><tr>" + "".join(f"<th class='l'>{_esc(k)}</th>" for k, _ in facts) + "</tr><tr>")
         out.append("".join(f"<td class='l'>{_esc(v)}</td>" for _, v in facts) + "</tr></table>")
+    out.append(_volume_preprocessing(run, cfg if isinstance(cfg, dict) else {}))
     out.append(f"<pre>{_esc(text)}</pre>")
     return "".join(out)
+
+
+def _volume_spec(run: Path) -> dict[str, Any] | None:
+    """The resolved volume preprocessing of a run trained on volumes: ``slices/index.json``'s ``"spec"``
+    (VolumeSpec.to_dict(), the dict the checkpoint stores as ``preprocess["volume"]``), or None.
+
+    Read there and not from best.pt: a checkpoint can be hundreds of MB and needs torch to open.
+    """
+    p = run / "slices" / "index.json"
+    if not p.is_file():
+        return None
+    try:
+        spec = json.loads(p.read_text()).get("spec")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return spec if isinstance(spec, dict) and spec.get("format") == VOLUME_SLICES_FORMAT else None
+
+
+def _intensity_text(i: Any) -> str:
+    if not isinstance(i, dict):
+        return _esc(i)
+    scheme = i.get("scheme")
+    if scheme == "ct" and all(isinstance(i.get(k), (int, float)) for k in ("lower", "upper", "mean", "std")):
+        return (
+            f"ct: clip to [{i['lower']:.4g}, {i['upper']:.4g}] (training-foreground 0.5 / 99.5 percentiles), "
+            f"then (x − {i['mean']:.4g}) / {i['std']:.4g}"
+        )
+    if scheme == "zscore":
+        return "zscore: (x − mean) / std per volume"
+    return _esc(json.dumps(i, sort_keys=True))
+
+
+def _volume_preprocessing(run: Path, cfg: dict[str, Any]) -> str:
+    """How a run trained on volumes cut them into 2D / 2.5D slices; "" for a run on 2D images."""
+    spec = _volume_spec(run)
+    keys = ("slice_axis", "context_slices", "intensity")
+    if spec is None:
+        # no slice cache (deleted, or an evaluation-only folder): the configured values, if this is a volume run
+        if not any(_is_volume(_load_summary(d)) for d in find_splits(run)) or not any(k in cfg for k in keys):
+            return ""
+        cells = "".join(f"<td class='l'>{_esc(cfg.get(k))}</td>" for k in keys)
+        return (
+            "<h3 id='volume-preprocessing'>Volume preprocessing</h3><table><tr>"
+            + "".join(f"<th class='l'>{k}</th>" for k in keys)
+            + f"</tr><tr>{cells}</tr></table><p class='sub'>as configured (config.yaml); the resolved values are "
+            'in the checkpoint\'s preprocess["volume"] (slices/index.json, which repeats them, is missing)</p>'
+        )
+    axis, ctx = spec.get("axis"), spec.get("context")
+    names = spec.get("channel_names") or []
+    intensity = spec.get("intensity") or []
+    k = ctx if isinstance(ctx, int) else 0
+    facts = [
+        ("slice axis", f"{_esc(axis)} (array axis; configured: {_esc(cfg.get('slice_axis', 'n/a'))})"),
+        (
+            "context",
+            f"{_esc(ctx)} neighbour slice(s) each side ({2 * k + 1} slice(s) per channel"
+            + (", 2.5D)" if k else ", plain 2D)"),
+        ),
+        (
+            "model input channels",
+            f"{len(names) * (2 * k + 1)} = {len(names)} channel(s) × {2 * k + 1} slice(s)",
+        ),
+    ]
+    sp = spec.get("median_spacing")
+    if isinstance(sp, list) and sp and all(isinstance(v, (int, float)) for v in sp):
+        facts.append(("median spacing", " × ".join(f"{v:.4g}" for v in sp) + " mm"))
+    rows = "".join(f"<tr><th class='l'>{a}</th><td class='l'>{b}</td></tr>" for a, b in facts)
+    rows += "".join(
+        f"<tr><th class='l'>intensity · {_esc(n)}</th><td class='l'>{_intensity_text(i)}</td></tr>"
+        for n, i in zip(names, intensity)
+    )
+    return (
+        f"<h3 id='volume-preprocessing'>Volume preprocessing</h3><table>{rows}</table>"
+        "<p class='sub'>volumes are cut into slices along the slice axis and trained as 2D images; "
+        'from slices/index.json (the checkpoint\'s preprocess["volume"])</p>'
+    )
 
 
 def _section_training(run: Path) -> str:
@@ -417,14 +571,110 @@ def _summary_table(s: dict[str, Any]) -> str:
     return f"<table>{head}{''.join(rows)}</table>{note}"
 
 
-def _section_split(split_dir: Path) -> str:
+def _volume_cell(g: dict[str, Any], m: str) -> str:
+    mean, std = (g.get("mean_over_cases") or {}).get(m), (g.get("std_over_cases") or {}).get(m)
+    if mean is None or "std_over_cases" not in g:  # undefined in every case, or the class-mean row
+        return _fmt(mean)
+    return f"{_fmt(mean)} ± {_fmt(std)}"
+
+
+def _volume_table(s: dict[str, Any]) -> str:
+    """VolumeMetrics.summary() as one row per evaluated class plus the class mean (volume_summary_markdown's
+    table, with the case counts)."""
+    unit = _esc(s.get("distance_unit", "voxel"))
+    head = (
+        "<tr><th class='l'>class</th><th>Dice mean ± std</th><th>IoU mean ± std</th>"
+        f"<th>HD95 ({unit}) mean ± std</th><th>ASSD ({unit}) mean ± std</th><th>pooled Dice</th>"
+        "<th>pooled IoU</th><th>cases</th><th>undefined HD95 / ASSD</th>"
+        "<th>empty: both / reference / prediction</th></tr>"
+    )
+    rows = []
+    classes = {k: v for k, v in (s.get("classes") or {}).items() if isinstance(v, dict)}
+    for name, g in classes.items():
+        pooled, undef = g.get("pooled") or {}, g.get("n_undefined") or {}
+        empty = " / ".join(_esc(g.get(k, "n/a")) for k in ("n_both_empty", "n_gt_empty", "n_pred_empty"))
+        rows.append(
+            f"<tr><td class='l'>{_esc(name)}</td>"
+            + "".join(f"<td>{_volume_cell(g, m)}</td>" for m in VOLUME_METRICS)
+            + f"<td>{_fmt(pooled.get('dice'))}</td><td>{_fmt(pooled.get('iou'))}</td>"
+            f"<td>{_esc(g.get('n_cases', 'n/a'))}</td>"
+            f"<td>{_esc(undef.get('hd95', 'n/a'))} / {_esc(undef.get('assd', 'n/a'))}</td><td>{empty}</td></tr>"
+        )
+    g = s.get("mean")
+    if isinstance(g, dict) and len(classes) > 1:
+        pooled, undef = g.get("pooled") or {}, g.get("n_classes_undefined") or {}
+        rows.append(
+            "<tr class='mean'><td class='l'>mean</td>"
+            + "".join(f"<td>{_volume_cell(g, m)}</td>" for m in VOLUME_METRICS)
+            + f"<td>{_fmt(pooled.get('dice'))}</td><td>{_fmt(pooled.get('iou'))}</td>"
+            f"<td>{_esc(s.get('n_cases', 'n/a'))}</td>"
+            f"<td>{_esc(undef.get('hd95', 'n/a'))} / {_esc(undef.get('assd', 'n/a'))} classes left out</td><td>—</td></tr>"
+        )
+    note = (
+        "<p class='sub'>mean ± std over cases: the metric of each volume and class, then mean ± std (ddof=0) "
+        "over the cases where it is defined; row <i>mean</i>: the mean over classes of the per-class means "
+        "(TransUNet / Synapse protocol; classes whose mean is undefined are left out and counted). pooled: "
+        "TP/FP/FN summed over every voxel of every case, then one ratio (row <i>mean</i>: average over "
+        f"classes). HD95 / ASSD in {unit} on 3D surfaces (6-neighbourhood), HD95 = max of the two directed "
+        "95th percentiles (as MONAI). Both masks empty: Dice = IoU = 1; one empty: Dice = IoU = 0; in both "
+        "cases the distances are undefined (n/a), left out of the means and counted.</p>"
+    )
+    return f"<table class='volume-metrics'>{head}{''.join(rows)}</table>{note}"
+
+
+def _section_volume_split(split_dir: Path, s: dict[str, Any]) -> str:
+    """A split evaluated on volumes (VolumeMetrics summary): headline, per-class table, histogram, cases."""
     name = split_dir.name
     out = [f"<div class='split'><h3 id='split-{_esc(name)}'>Split: {_esc(name)}</h3>"]
+    n = s.get("n_cases")
+    v = (s.get("headline") or {}).get("value")
+    classes = ", ".join(str(c) for c in s.get("evaluated_classes") or [])
+    over = f" {_esc(classes)}" if classes else ""
+    out.append(
+        f"<p><b>Dice (mean over {_esc(n)} volumes per class, then over the classes{over}; TransUNet / Synapse "
+        f"protocol): <span class='dice'>{_fmt(v)}</span></b></p>"
+    )
+    ev = s.get("evaluation") if isinstance(s.get("evaluation"), dict) else {}
+    line = f"<b>{_esc(n)} volumes</b>"
+    if ev.get("mode_description"):
+        line += f" · {_esc(ev['mode_description'])}"
+    out.append(f"<p class='sub'>{line}</p>")
+    extra = {
+        k: v
+        for k, v in s.items()
+        if not isinstance(v, (dict, list))
+        and k not in {"format", "std_ddof", "include_background", "n_cases", "headline"}
+    }
+    if extra:
+        out.append("<p class='sub'>" + " · ".join(f"{_esc(k)}: {_esc(v)}" for k, v in extra.items()) + "</p>")
+    items = [
+        (k, v)
+        for k, v in ev.items()
+        if v is not None and not isinstance(v, (dict, list)) and k != "mode_description"
+    ]
+    if items:
+        out.append(
+            "<p class='sub'><b>evaluation</b> — "
+            + " · ".join(f"{_esc(k)}: {_esc(v)}" for k, v in items)
+            + "</p>"
+        )
+    out.append(_volume_table(s))
+    per_case = _per_case_dice(split_dir)
+    out.append(_volume_histogram(name, per_case))
+    out.append(_section_cases(split_dir, s, per_case))
+    out.append("</div>")
+    return "".join(out)
+
+
+def _section_split(split_dir: Path) -> str:
+    name = split_dir.name
     s = _load_summary(split_dir)
+    if s is not None and _is_volume(s):
+        return _section_volume_split(split_dir, s)
+    out = [f"<div class='split'><h3 id='split-{_esc(name)}'>Split: {_esc(name)}</h3>"]
     sd = _split_dice(split_dir)
     if sd is not None:
-        n = f" over {sd[1]} images" if sd[1] is not None else ""
-        out.append(f"<p><b>Dice (per-image mean{n}): <span class='dice'>{sd[0]:.4f}</span></b></p>")
+        out.append(f"<p><b>Dice ({_statistic(sd[2], sd[1])}): <span class='dice'>{sd[0]:.4f}</span></b></p>")
     if s is not None:
         extra = {
             k: v
@@ -452,29 +702,107 @@ def _section_split(split_dir: Path) -> str:
     else:
         out.append(_missing("no summary.json / summary.md for this split"))
     d = _per_image_dice(split_dir)
+    per_case = None
     if d and d[1]:
         out.append(
             _img(plot_dice_histogram(d[1], f"{name}: per-image Dice ({d[0]}, n={len(d[1])})"), "histogram")
         )
-    cases = _find_cases(split_dir / "cases")
-    out.append("<h3>Best, median and worst cases</h3>")
-    if cases:
-        out.append(
+    elif s is None and (split_dir / "per_case.csv").is_file():
+        # a volume split whose summary.json is missing (its summary.md is shown above)
+        per_case = _per_case_dice(split_dir)
+        out.append(_volume_histogram(name, per_case))
+    out.append(_section_cases(split_dir, s, per_case))
+    out.append("</div>")
+    return "".join(out)
+
+
+def _volume_histogram(name: str, per_case: dict[str, dict[str, float]]) -> str:
+    means = list(_case_means(per_case).values())
+    if not means:
+        return ""
+    title = f"{name}: per-case Dice (mean over classes, n={len(means)})"
+    xlabel = "per-case Dice (mean over classes)"
+    return _img(plot_dice_histogram(means, title, xlabel=xlabel, ylabel="cases"), "histogram")
+
+
+def _legend(s: dict[str, Any] | None, ranking: str) -> str:
+    """One colour chip per foreground class for prediction and ground truth, in the colours the thumbnails
+    are drawn with (visualize.PRED_PALETTE / GT_PALETTE, cycled past their ends as overlay() does)."""
+    names = (s or {}).get("class_names")
+    if not (isinstance(names, list) and len(names) > 1):
+        # no summary.json: the class names are unknown, say which colour is which class number
+        return (
             "<p class='sub legend'><span style='background:#ff2828'></span>prediction (class 1)"
             "<span style='background:#00e63c'></span>ground truth outline (class 1) &nbsp;·&nbsp; further "
-            "classes: orange / magenta (prediction), cyan / blue (ground truth); ranked by per-image Dice</p>"
-            "<div class='cases'>"
+            f"classes: orange / magenta (prediction), cyan / blue (ground truth); {ranking}</p>"
         )
-        for kind, cid, png in cases:
+    from medurwkv.engine.visualize import GT_PALETTE, PRED_PALETTE, palette_hex
+
+    def chips(palette: Any, what: str) -> str:
+        return "".join(
+            f"<span class='chip' style='background:{palette_hex(palette, c)}' "
+            f"title='{_esc(what)}: {_esc(n)}'></span>{_esc(n)}"
+            for c, n in enumerate(names)
+            if c > 0  # background is never drawn
+        )
+
+    return (
+        "<div class='sub legend'>"
+        f"<div><b>prediction</b>{chips(PRED_PALETTE, 'prediction')}</div>"
+        f"<div><b>ground truth</b>{chips(GT_PALETTE, 'ground truth')}</div>"
+        "<div>outlines; the ground truth is drawn under the prediction, so where both coincide the prediction "
+        f"colour shows; {ranking}</div></div>"
+    )
+
+
+def _section_cases(
+    split_dir: Path, s: dict[str, Any] | None, per_case: dict[str, dict[str, float]] | None
+) -> str:
+    """Best / median / worst thumbnails with their legend; ``per_case`` (volumes): per_case.csv's Dice."""
+    cases = _find_cases(split_dir / "cases")
+    out = ["<h3>Best, median and worst cases</h3>"]
+    if not cases:
+        out.append(_missing("no overlay thumbnails (cases/best_*.png, median_*.png, worst_*.png)"))
+        return "".join(out)
+    if per_case is None:
+        out.append(_legend(s, "ranked by per-image Dice"))
+    else:
+        out.append(
+            _legend(
+                s,
+                "ranked by per-case Dice (mean over classes), each case shown at its busiest slice "
+                "(the most ground-truth foreground along the slice axis)",
+            )
+        )
+    out.append("<div class='cases'>")
+    for kind, cid, png in cases:
+        if per_case is None:
             row = _case_row(split_dir, cid)
             score = f" — Dice {_fmt(row)}" if row is not None else ""
             out.append(f"<figure>{_img(png, f'{kind} {cid}', 'case')}<figcaption><b>{kind}</b>: {_esc(cid)}")
             out.append(f"{_esc(score)}</figcaption></figure>")
-        out.append("</div>")
-    else:
-        out.append(_missing("no overlay thumbnails (cases/best_*.png, median_*.png, worst_*.png)"))
+            continue
+        case, dice = _volume_case(per_case, cid)
+        score = ""
+        if dice:
+            per_class = " · ".join(f"{_esc(c)} {_fmt(v)}" for c, v in dice.items())
+            score = f" — Dice {_fmt(sum(dice.values()) / len(dice))} ({per_class})"
+        out.append(
+            f"<figure>{_img(png, f'{kind} case {case}', 'case')}<figcaption><b>{kind}</b>: case {_esc(case)}, "
+            f"busiest slice{score}</figcaption></figure>"
+        )
     out.append("</div>")
     return "".join(out)
+
+
+def _volume_case(per_case: dict[str, dict[str, float]], safe_case_id: str) -> tuple[str, dict[str, float]]:
+    """The case id and per-class Dice of a thumbnail, matched by its file-name-safe id (visualize.safe_id)."""
+    from medurwkv.engine.visualize import safe_id
+
+    for case, dice in per_case.items():
+        if case == safe_case_id or safe_id(case) == safe_case_id:
+            return case, dice
+    return safe_case_id, {}
 
 
 def _find_cases(cases_dir: Path) -> list[tuple[str, str, bytes]]:
@@ -519,10 +847,15 @@ def _headline_cards(run: Path) -> str:
         sd = _split_dice(d)
         if sd is None:
             continue
-        n = f", {sd[1]} images" if sd[1] is not None else ""
+        if sd[2]:
+            n = f", {sd[1]} volumes" if sd[1] is not None else ""
+            what = f"mean over classes of the per-class mean{n}"
+        else:
+            n = f", {sd[1]} images" if sd[1] is not None else ""
+            what = f"per-image mean{n}"
         cls = "card main" if i == 0 else "card"
         cards.append(
-            f"<div class='{cls}'><div class='l'>Dice · {_esc(d.name)} (per-image mean{n})</div>"
+            f"<div class='{cls}'><div class='l'>Dice · {_esc(d.name)} ({what})</div>"
             f"<div class='v' id='dice-{_esc(d.name)}'>{sd[0]:.4f}</div></div>"
         )
     if not cards:

@@ -152,9 +152,11 @@ def _fit(
     data = prepare_data(cfg, run_dir, info, log, resume=ckpt)
     cfg = cfg.replace(in_channels=data.in_channels, normalize=data.normalize)
     loaders = make_loaders(cfg, data, info, pin_memory=device.type == "cuda")
+    unit = "cases" if data.volume is not None else "images"
+    slices = f" ({len(loaders.train_ds)} training slices)" if data.volume is not None else ""
     log(
         f"data: train {len(loaders.ids['train'])} / val {len(loaders.ids['val'])} / test "
-        f"{len(loaders.ids['test'])} images at {cfg.img_hw[0]}x{cfg.img_hw[1]}, {data.in_channels} channel(s), "
+        f"{len(loaders.ids['test'])} {unit}{slices} at {cfg.img_hw[0]}x{cfg.img_hw[1]}, {data.in_channels} channel(s), "
         f"normalize={data.normalize}, {data.num_classes} classes {data.class_names}; "
         f"{loaders.steps_per_epoch} steps/epoch of global batch {cfg.batch_size}"
     )
@@ -201,7 +203,9 @@ def _fit(
             trainer.set_frozen(epoch < frozen_epochs, epoch, log)
             row = trainer.train_epoch(epoch, loaders, state, files.writer if files else None)
             if has_val and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
-                row["val_loss"], row["val_dice"] = trainer.validate(loaders.val)
+                # volumes: Dice pooled over the validation slices, the slice-wise stand-in of a volume Dice
+                pooled = data.volume is not None
+                row["val_loss"], row["val_dice"] = trainer.validate(loaders.val, pooled=pooled)
             row["epoch_time_s"] = time.perf_counter() - t0
             improved = state.end_epoch(row, row["val_dice"] if has_val else -row["train_loss"])
             log(_epoch_line(cfg, row, improved))
@@ -349,6 +353,8 @@ class _RunFiles:
             "num_classes": data.num_classes,
             "class_names": list(data.class_names),
         }
+        if data.volume is not None:
+            self.preprocess["volume"] = data.volume
         self.run = dict(
             train_config=cfg.to_dict(), monitor=monitor, split=data.split, world_size=info.world_size
         )
@@ -445,9 +451,7 @@ def _final_evaluation(
                 report=False,
             )
             results[name] = summary
-            log(
-                f"evaluation of best.pt on {name} ({len(ids)} images, original resolution): Dice {_headline(summary)}"
-            )
+            log(f"evaluation of best.pt on {name}: Dice {_headline(summary, len(ids))}")
         except Exception as e:  # noqa: BLE001 - training succeeded; report the evaluation problem
             results[name] = f"error: {e}"
             log(f"evaluation on {name} failed: {type(e).__name__}: {e}")
@@ -460,8 +464,11 @@ def _final_evaluation(
     return results, report_path
 
 
-def _headline(summary: Any) -> str:
+def _headline(summary: Any, n: int) -> str:
     try:
-        return f"{summary['headline']['value']:.4f} (per-image mean over foreground classes)"
+        value = f"{summary['headline']['value']:.4f}"
     except (KeyError, TypeError):
         return "n/a"
+    if summary.get("format") == "medurwkv-volume-metrics-v1":
+        return f"{value} ({n} volumes, 3D per case, mean over cases then over foreground classes)"
+    return f"{value} ({n} images at their original resolution, per-image mean over foreground classes)"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import UserError
@@ -33,6 +34,7 @@ class PreparedData:
     in_channels: int
     normalize: str
     split: dict[str, Any]  # path, created, fold, checksum and the train / val / test ids
+    volume: dict[str, Any] | None = None  # VolumeSpec.to_dict() when training 2D on a volume dataset
 
     @property
     def num_classes(self) -> int:
@@ -47,7 +49,7 @@ class Loaders:
     sampler: Any  # DistributedSampler (set_epoch fixes the data order)
     train: Any
     val: Any | None  # this process's disjoint share of the validation images, None if it has none
-    ids: dict[str, list[str]]  # the ids used per split (after --limit)
+    ids: dict[str, list[str]]  # the ids used per split (after --limit); case ids for volumes
     steps_per_epoch: int
 
 
@@ -83,7 +85,7 @@ def prepare_data(
         error = UserError if result["user"] else RuntimeError
         raise error(f"rank 0 could not prepare the data: {result['error']}")
     if index is None:
-        index = _index_like_main(cfg, result["class_names"], info)
+        index = _index_like_main(cfg, run_dir, result, info)
     return PreparedData(index=index, **result)
 
 
@@ -100,23 +102,100 @@ def _inspect(
             f"dataset {cfg.data} failed its check with {len(report.errors)} error(s); training refused:\n"
             + "\n".join(f"  - {e}" for e in report.errors[:20])
         )
-    index, s = report.index, report.summary
+    volumes = getattr(report, "volumes", None)  # a VolumeCheckReport: 3D volumes, trained as 2D slices
+    index, s = (volumes if volumes is not None else report.index), report.summary
     log(f"data: {index.summary_line()}")
-    log(f"data check: ok ({s.get('pairs')} pairs, sizes {s.get('sizes')}, channels {s.get('channels')})")
+    if volumes is not None:
+        log(
+            f"data check: ok ({s.get('cases')} cases, spacings {s.get('spacings')}, orientations {s.get('orientations')})"
+        )
+    else:
+        log(f"data check: ok ({s.get('pairs')} pairs, sizes {s.get('sizes')}, channels {s.get('channels')})")
     for w in report.warnings[:10]:
         log(f"data warning: {w}")
     if len(report.warnings) > 10:
         log(f"data warning: ... {len(report.warnings) - 10} more (run `medurwkv data check {cfg.data}`)")
     if resume is not None:
         split = _split_of_checkpoint(resume, cfg, index, log)
+    else:
+        split = _load_or_create_split(cfg, run_dir, index, log)
+    if volumes is not None:
+        return _inspect_volumes(cfg, run_dir, volumes, split, log, resume)
+    if resume is not None:
         in_channels = int(resume["preprocess"]["in_channels"])
         normalize = resume["preprocess"]["normalize"]
     else:
-        split = _load_or_create_split(cfg, run_dir, index, log)
         in_channels = cfg.in_channels or auto_in_channels([int(c) for c in (s.get("channels") or {})])
         normalize = cfg.normalize or ("imagenet" if cfg.pretrained is not False else "per_image")
     result = dict(class_names=index.class_names, in_channels=in_channels, normalize=normalize, split=split)
     return index, result
+
+
+def _inspect_volumes(
+    cfg: TrainConfig,
+    run_dir: Path,
+    volumes: Any,
+    split: dict[str, Any],
+    log: Log,
+    resume: dict[str, Any] | None,
+) -> tuple[Any, dict[str, Any]]:
+    """Rank 0, volume datasets: the slicing and intensity spec (fitted on the training cases, or the resumed
+    run's), then the normalised slice cache of the train and val cases (data/volume_slices.py)."""
+    from ..data.volume_slices import (
+        VolumeSpec,
+        build_slice_index,
+        fit_intensity,
+        intensity_schemes,
+        resolve_axis,
+    )
+    from ..data.volumes import read_volume
+
+    train_cases = _limited(split["train"], cfg.limit)
+    if resume is not None:
+        spec = VolumeSpec.from_dict(resume["preprocess"].get("volume"), "the resumed checkpoint")
+    else:
+        spacings = [read_volume(volumes.image_paths[c][0], data=False).spacing for c in train_cases]
+        spec = VolumeSpec(
+            axis=resolve_axis(cfg.slice_axis, spacings),
+            context=cfg.context_slices,
+            channel_names=list(volumes.channel_names),
+            intensity=fit_intensity(
+                volumes,
+                train_cases,
+                intensity_schemes(volumes.channel_names, cfg.intensity),
+                seed=cfg.seed,
+                progress=cfg.progress,
+            ),
+            median_spacing=[float(v) for v in np.median(np.asarray(spacings), axis=0)] if spacings else None,
+            target_spacing=cfg.target_spacing,
+        )
+        if cfg.in_channels is not None and cfg.in_channels != spec.in_channels:
+            raise UserError(
+                f"expected --in-channels {spec.in_channels} for these volumes ({spec.num_channels} channel(s) x "
+                f"{2 * spec.context + 1} slices), got {cfg.in_channels}; drop --in-channels"
+            )
+        if cfg.normalize not in (None, "none"):
+            raise UserError(
+                f"expected no --normalize for volumes (their intensity rule comes from the modality, see "
+                f"--intensity), got {cfg.normalize!r}; drop it"
+            )
+    log(f"volumes: {spec.describe()}")
+    cases = train_cases + _limited(split["val"], cfg.limit)
+    slices = build_slice_index(
+        volumes, cases, spec, run_dir / "slices", list(volumes.class_names), progress=cfg.progress, log=log
+    )
+    result = dict(
+        class_names=list(volumes.class_names),
+        in_channels=spec.in_channels,
+        normalize="none",
+        split=split,
+        volume=spec.to_dict(),
+    )
+    return slices, result
+
+
+def _limited(ids: list[str], limit: int | None) -> list[str]:
+    return list(ids) if limit is None else list(ids)[:limit]
 
 
 def _split_of_checkpoint(ckpt: dict[str, Any], cfg: TrainConfig, index: Any, log: Log) -> dict[str, Any]:
@@ -173,10 +252,15 @@ def _load_or_create_split(cfg: TrainConfig, run_dir: Path, index: Any, log: Log)
     }
 
 
-def _index_like_main(cfg: TrainConfig, class_names: list[str], info: DistInfo) -> Any:
-    """Other ranks: the same folder, the classes from rank 0 (no second scan of the masks)."""
+def _index_like_main(cfg: TrainConfig, run_dir: Path, result: dict[str, Any], info: DistInfo) -> Any:
+    """Other ranks: the same folder (or rank 0's slice cache), the classes from rank 0 (no second scan)."""
     from ..data.index import discover
 
+    class_names = result["class_names"]
+    if result.get("volume") is not None:
+        from ..data.volume_slices import SliceIndex
+
+        return SliceIndex.open(run_dir / "slices", Path(cfg.data), class_names)
     index = discover(cfg.data)
     if not index.classes_known:
         index.set_inferred_classes(len(class_names) - 1)
@@ -193,9 +277,7 @@ def make_loaders(
 
     from ..data.dataset import SegmentationDataset
 
-    ids = {k: list(data.split[k]) for k in ("train", "val", "test")}
-    if cfg.limit is not None:
-        ids = {k: v[: cfg.limit] for k, v in ids.items()}
+    ids = {k: _limited(data.split[k], cfg.limit) for k in ("train", "val", "test")}
     if not ids["train"]:
         raise UserError(f"expected training images, got an empty train split in {data.split['path']}")
     if cfg.batch_size % info.world_size:
@@ -203,10 +285,28 @@ def make_loaders(
             f"expected --batch-size (the global batch) divisible by the {info.world_size} processes, got "
             f"{cfg.batch_size}; use a multiple of {info.world_size}"
         )
-    common = dict(img_size=cfg.img_hw, in_channels=data.in_channels, normalize=data.normalize, seed=cfg.seed)
-    train_ds = SegmentationDataset(data.index, ids["train"], train=True, augment=cfg.augment, **common)
+    # volumes resampled to a target spacing keep their pixel scale: pad / crop to img_size, never resize
+    fit = "crop" if (data.volume or {}).get("target_spacing") else "resize"
+    common = dict(
+        img_size=cfg.img_hw, in_channels=data.in_channels, normalize=data.normalize, seed=cfg.seed, fit=fit
+    )
+    train_ids, val_ids = ids["train"], ids["val"]
+    if data.volume is not None:  # ids are cases; the datasets hold their slices
+        from ..data.volume_slices import VolumeSliceDataset
+
+        train_ids, val_ids = data.index.slice_ids(train_ids), data.index.slice_ids(val_ids)
+        train_ds: Any = VolumeSliceDataset(
+            data.index,
+            train_ids,
+            foreground_ratio=cfg.foreground_oversample,
+            train=True,
+            augment=cfg.augment,
+            **common,
+        )
+    else:
+        train_ds = SegmentationDataset(data.index, train_ids, train=True, augment=cfg.augment, **common)
     # Every process validates a disjoint share (no padding duplicates); sums are all-reduced.
-    val_ids = ids["val"][info.rank :: info.world_size]
+    val_ids = val_ids[info.rank :: info.world_size]
     val_ds = (
         SegmentationDataset(data.index, val_ids, train=False, augment=False, **common) if val_ids else None
     )

@@ -246,11 +246,19 @@ class Trainer:
         return stats[0].item(), int(stats[1].item()), lr_used
 
     @torch.no_grad()
-    def validate(self, loader: Any) -> tuple[float, float]:
-        """Mean validation loss and per-image foreground-mean Dice over all processes' shares."""
+    def validate(self, loader: Any, *, pooled: bool = False) -> tuple[float, float]:
+        """Mean validation loss and Dice over all processes' shares.
+
+        Dice is the per-image mean over foreground classes, or with ``pooled`` (volume slices) each foreground
+        class's Dice from TP / FP / FN summed over every validation pixel, averaged over the classes. Slices
+        of a volume are mostly empty, and a per-slice Dice scores each empty slice predicted empty as 1, so it
+        would favour a model that predicts background only.
+        """
         was_training = self.model.training
         self.model.eval()
-        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss * n, dice sum, n
+        k = int(self.model.num_classes)
+        # loss * n, dice sum, n, then TP, FP, FN of classes 1..K-1
+        sums = torch.zeros(3 + 3 * (k - 1), dtype=torch.float64, device=self.device)
         for i, batch in enumerate(loader if loader is not None else []):
             if self.cfg.max_val_batches is not None and i >= self.cfg.max_val_batches:
                 break
@@ -260,14 +268,26 @@ class Trainer:
                 logits = self.model(x)
             logits = logits.float()  # (B, K, H, W)
             sums[0] += self.loss_fn(logits, y.unsqueeze(1)).double() * x.shape[0]
-            sums[1] += dice_per_image_torch(logits.argmax(1), y, logits.shape[1]).sum()
+            pred = logits.argmax(1)  # (B, H, W)
+            sums[1] += dice_per_image_torch(pred, y, logits.shape[1]).sum()
             sums[2] += x.shape[0]
+            for c in range(1, k):
+                p, g = pred == c, y == c
+                sums[3 * c : 3 * c + 3] += torch.stack(
+                    [(p & g).sum(), (p & ~g).sum(), (~p & g).sum()]
+                ).double()
         all_reduce_sum(sums, self.info)
         self.model.train(was_training)
         n = sums[2].item()
         if n == 0:
             return math.nan, math.nan
-        return sums[0].item() / n, sums[1].item() / n
+        if not pooled:
+            return sums[0].item() / n, sums[1].item() / n
+        tp, fp, fn = sums[3:].view(-1, 3).unbind(1)  # (K-1,) each
+        denom = 2 * tp + fp + fn
+        # a class absent from every validation pixel and never predicted: nothing to find, nothing found
+        dice = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(tp))
+        return sums[0].item() / n, dice.mean().item()
 
 
 def build_trainer(

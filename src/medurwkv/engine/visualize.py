@@ -54,6 +54,12 @@ def _palette_color(palette: np.ndarray, label: int) -> np.ndarray:
     return palette[1 + (label - 1) % n] if label > 0 else palette[0]
 
 
+def palette_hex(palette: np.ndarray, label: int) -> str:
+    """The CSS colour ``"#rrggbb"`` that :func:`overlay` draws class ``label`` with (for legends)."""
+    r, g, b = (int(v) for v in _palette_color(palette, int(label)))
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
 def to_display(image: Any) -> np.ndarray:
     """Any ``(H, W)`` or ``(H, W, 1|3|4)`` image (uint8, 16-bit, float, bool) -> ``(H, W, 3)`` uint8.
 
@@ -277,3 +283,54 @@ def save_case_thumbnails(
         rgb = overlay(img, get(preds, cid), get(gts, cid), mode=mode)
         written[kind] = save_png(out / f"{kind}_{safe_id(cid)}.png", _fit(rgb, max_side, min_side))
     return written
+
+
+def busiest_slice(gt: np.ndarray, pred: np.ndarray, axis: int) -> int:
+    """The slice along ``axis`` with the most ground-truth foreground (else predicted foreground, else the
+    middle slice): the one a thumbnail of a volume shows."""
+    other = tuple(a for a in range(3) if a != axis)
+    for vol in (gt, pred):
+        area = (np.asarray(vol) > 0).sum(axis=other)
+        if area.any():
+            return int(area.argmax())
+    return gt.shape[axis] // 2
+
+
+def save_volume_thumbnails(
+    out_dir: str | Path,
+    rows: Sequence[Mapping[str, Any]],
+    images: Callable[[str], np.ndarray],
+    preds: Callable[[str], np.ndarray],
+    gts: Callable[[str], np.ndarray],
+    *,
+    axis: int,
+    mode: str = "contour",
+) -> dict[str, Path]:
+    """:func:`save_case_thumbnails` for volumes: the best, median and worst cases by their Dice averaged over
+    the evaluated classes (``rows``: ``VolumeMetrics.per_case_rows()``), each shown at its
+    :func:`busiest_slice` along ``axis``; ``images`` / ``preds`` / ``gts`` load a case's (X, Y, Z) volume.
+    The colours are those of the module docstring, one per class (the report prints the legend)."""
+    per_case: dict[str, list[float]] = {}
+    for r in rows:
+        per_case.setdefault(str(r["case_id"]), []).append(float(r["dice"]))
+    ranked = [
+        {"id": c, "dice_mean": float(np.nanmean(v)) if np.isfinite(v).any() else math.nan}
+        for c, v in per_case.items()
+    ]
+    cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def sliced(cid: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if cid not in cache:
+            g, p = gts(cid), preds(cid)
+            k = busiest_slice(g, p, axis)
+            cache[cid] = tuple(np.take(v, k, axis=axis) for v in (images(cid), p, g))  # type: ignore[assignment]
+        return cache[cid]
+
+    return save_case_thumbnails(
+        out_dir,
+        ranked,
+        images=lambda c: sliced(c)[0],
+        preds=lambda c: sliced(c)[1],
+        gts=lambda c: sliced(c)[2],
+        mode=mode,
+    )
