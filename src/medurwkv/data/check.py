@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..utils import progress_bar
 from .index import DatasetIndex, contiguous_classes, discover, stray_label_message
 from .io import ImageReadError, image_hash, read_mask
 from .volume_check import format_volume_summary, run_volume_checks
@@ -236,7 +236,7 @@ def check_dataset(
     values_per_id: dict[str, np.ndarray] = {}
     hashes: dict[str, list[str]] = defaultdict(list)
     empty = 0
-    for sample_id in tqdm(index.ids, desc="checking", disable=None if progress else True, leave=False):
+    for sample_id in progress_bar(index.ids, desc="checking", progress=progress, leave=False):
         img_paths = index.image_paths[sample_id]
         try:
             image = index.load_image(sample_id)

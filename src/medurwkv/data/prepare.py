@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..utils import atomic_write_json, download, sha256_file
+from ..utils import atomic_write_json, download, progress_bar, sha256_file
 from .io import check_writable, read_image, read_label_array, write_mask
 from .prepare_volumes import NNUNET_SUBDIRS, VOLUME_RECIPES, VolumeConversion
 
@@ -230,10 +229,6 @@ def _unpaired(images: dict[tuple, Path], masks: dict[tuple, Path]) -> list[str]:
     return sorted(k[0] for k in masks if k not in images) + sorted(k[0] for k in images if k not in masks)
 
 
-def _progress(items, desc: str, progress: bool):
-    return tqdm(items, desc=desc, disable=None if progress else True, leave=False)
-
-
 # ----------------------------------------------------------------------------------------- HC18
 
 
@@ -340,7 +335,7 @@ def _recipe_hc18(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
             f"skipped {len(skipped)} images without annotation (HC18's test set has no public labels)"
         )
     methods: dict[str, list[str]] = {}
-    for key in _progress(sorted(annots), "hc18", progress):
+    for key in progress_bar(sorted(annots), desc="hc18", progress=progress, leave=False):
         sid = key[0]
         outline_img = read_image(annots[key])
         outline = (outline_img.max(axis=-1) if outline_img.ndim == 3 else outline_img) > 127
@@ -398,7 +393,7 @@ def _recipe_isic(files: list[Path], dst: Path, progress: bool, *, year: int) -> 
         notes.append(f"skipped {len(skipped)} images without ground truth")
     subsets: dict[str, list[str]] = {}
     rx = re.compile(gt_dir)
-    for key in _progress(sorted(masks), f"isic{year}", progress):
+    for key in progress_bar(sorted(masks), desc=f"isic{year}", progress=progress, leave=False):
         sid = key[0]
         m = rx.fullmatch(masks[key].parent.name)
         subset = {"training": "train", "validation": "val"}.get(m.group(1).lower(), "test") if m else "train"
@@ -437,7 +432,9 @@ def _recipe_busi(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
         raise UserError(f"{len(missing)} BUSI images have no _mask.png (e.g. {missing[:5]})")
     subsets: dict[str, list[str]] = {}
     multi = 0
-    for key in _progress(sorted(images, key=lambda k: (k[0], int(k[1]))), "busi", progress):
+    for key in progress_bar(
+        sorted(images, key=lambda k: (k[0], int(k[1]))), desc="busi", progress=progress, leave=False
+    ):
         cls, num = key
         sid = f"{cls}_{int(num):03d}"
         shape = read_image(images[key]).shape[:2]
@@ -478,7 +475,7 @@ def _recipe_kvasir(files: list[Path], dst: Path, progress: bool) -> PrepareResul
     orphans = _unpaired(images, masks)
     if orphans:
         raise UserError(f"{len(orphans)} Kvasir-SEG files are unpaired (e.g. {orphans[:5]})")
-    for key in _progress(sorted(masks), "kvasir-seg", progress):
+    for key in progress_bar(sorted(masks), desc="kvasir-seg", progress=progress, leave=False):
         sid = key[0]
         mask = _to_binary(masks[key], threshold=128)  # JPEG masks: threshold at 128
         _write_pair(dst, sid, images[key], mask)
@@ -509,7 +506,7 @@ def _recipe_glas(files: list[Path], dst: Path, progress: bool) -> PrepareResult:
     if unpaired:
         raise UserError(f"{len(unpaired)} GlaS files are unpaired (e.g. {unpaired[:5]})")
     subsets: dict[str, list[str]] = {}
-    for key in _progress(sorted(masks), "glas", progress):
+    for key in progress_bar(sorted(masks), desc="glas", progress=progress, leave=False):
         sid, subset = key
         labels = read_label_array(masks[key])  # instance labels: 0 background, 1..N glands
         subsets.setdefault(subset, []).append(sid)

@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..utils import atomic_write
+from ..utils import atomic_write, progress_bar
 from .index import _load_json, parse_class_info
 from .volumes import Volume, as_label_array, read_synapse_pair, read_synapse_slices, read_volume, write_volume
 
@@ -163,10 +162,6 @@ def _write_channels(src: Path, vol: Volume, out_dir: Path, case: str, num_channe
         write_volume(out_dir / f"{case}_{c:04d}{FILE_ENDING}", np.ascontiguousarray(data[..., c]), vol)
 
 
-def _bar(items: Iterable, desc: str, progress: bool):
-    return tqdm(items, desc=desc, disable=None if progress else True, leave=False)
-
-
 def _nii_stem(name: str) -> str | None:
     return name[: -len(".nii.gz")] if name.endswith(".nii.gz") else None
 
@@ -243,12 +238,12 @@ def convert_msd(files: list[Path], dst: Path, progress: bool) -> VolumeConversio
     _refuse(images, label_files, f"MSD training images have no label in {root / 'labelsTr'}", incomplete)
     _refuse(label_files, images, f"MSD labels have no image in {root / 'imagesTr'}", incomplete)
     k = len(channel_names)
-    for case in _bar(sorted(images), f"msd {root.name}", progress):
+    for case in progress_bar(sorted(images), desc=f"msd {root.name}", progress=progress, leave=False):
         img = _read(images[case], data=False)
         lab = _label_volume(label_files[case], img.shape, labels)
         _write_channels(images[case], img, dst / "imagesTr", case, k)
         _copy_volume(label_files[case], lab, dst / "labelsTr" / f"{case}{FILE_ENDING}")
-    for case in _bar(sorted(tests), f"msd {root.name} imagesTs", progress):
+    for case in progress_bar(sorted(tests), desc=f"msd {root.name} imagesTs", progress=progress, leave=False):
         _write_channels(tests[case], _read(tests[case], data=False), dst / "imagesTs", case, k)
     _drop_empty(dst / "imagesTs")
     notes = []
@@ -330,7 +325,7 @@ def convert_acdc(files: list[Path], dst: Path, progress: bool) -> VolumeConversi
     notes: list[str] = []
     subsets: dict[str, list[str]] = {}
     patients: dict[str, dict] = {}
-    for case in _bar(sorted(gts), "acdc", progress):
+    for case in progress_bar(sorted(gts), desc="acdc", progress=progress, leave=False):
         patient = case.split("_")[0]
         img = _read(frames[case], data=False)
         lab = _label_volume(gts[case], img.shape, ACDC_LABELS)
@@ -428,10 +423,10 @@ def convert_synapse(files: list[Path], dst: Path, progress: bool) -> VolumeConve
                 f"{per_case[idx[-1]].name}; a volume needs every slice (re-extract train_npz)"
             )
     notes: list[str] = []
-    for case in _bar(sorted(slices), "synapse train", progress):
+    for case in progress_bar(sorted(slices), desc="synapse train", progress=progress, leave=False):
         paths = [slices[case][i] for i in sorted(slices[case])]  # ordered by slice index
         _write_synapse_case(dst, case, paths[0].parent / f"{case}_slice*.npz", *read_synapse_slices(paths))
-    for case in _bar(sorted(volumes), "synapse test", progress):
+    for case in progress_bar(sorted(volumes), desc="synapse test", progress=progress, leave=False):
         _write_synapse_case(dst, case, volumes[case], *read_synapse_pair(volumes[case]))
     subsets = {k: v for k, v in (("train", sorted(slices)), ("test", sorted(volumes))) if v}
     if volumes and set(volumes) != set(TRANSUNET_TEST_CASES):

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..errors import UserError
+from ..utils import progress_bar
 from .index import contiguous_classes, default_class_names
 from .volumes import (
     Volume,
@@ -232,7 +232,7 @@ def run_volume_checks(report: _Report, num_classes: int | None = None, *, progre
     if not index.ids:
         report.errors.append(f"no labelled cases found in {root} ({index.layout} layout)")
     tally = _Tally()
-    for case in tqdm(index.ids, desc="checking volumes", disable=None if progress else True, leave=False):
+    for case in progress_bar(index.ids, desc="checking volumes", progress=progress, leave=False):
         if index.layout == "synapse":
             _check_synapse_case(index, case, report, tally)
         else:

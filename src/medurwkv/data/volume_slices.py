@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..utils import atomic_write, atomic_write_json
+from ..utils import atomic_write, atomic_write_json, progress_bar
 from .dataset import SegmentationDataset
 from .volumes import Volume, VolumeIndex, load_case
 
@@ -200,11 +200,9 @@ def fit_intensity(
     ct = [c for c, s in enumerate(schemes) if s == "ct"]
     if not ct:
         return out
-    from tqdm.auto import tqdm
-
     rng = np.random.default_rng(seed)
     samples: dict[int, list[np.ndarray]] = {c: [] for c in ct}
-    for case in tqdm(cases, desc="CT intensity statistics", disable=None if progress else True, leave=False):
+    for case in progress_bar(cases, desc="CT intensity statistics", progress=progress, leave=False):
         image, label, _ = load_case(index, case)  # (C, X, Y, Z), (X, Y, Z)
         if image.shape[0] != len(schemes):  # else image[c] below fails with an IndexError, or skips channels
             raise UserError(
@@ -424,8 +422,6 @@ def build_slice_index(
     Cases whose cached files match their source files and ``spec`` are reused (a resumed run rebuilds
     nothing). Every file is written atomically; ``index.json`` last.
     """
-    from tqdm.auto import tqdm
-
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     old: dict[str, Any] = {}
@@ -437,9 +433,7 @@ def build_slice_index(
     entries: dict[str, dict[str, Any]] = {}
     reused = 0
     dtype = np.uint8 if len(class_names) <= 256 else np.uint16
-    for case in tqdm(
-        cases, desc="caching slices", unit="case", disable=None if progress else True, leave=False
-    ):
+    for case in progress_bar(cases, desc="caching slices", unit="case", progress=progress, leave=False):
         fp = _fingerprint(index, case, spec)
         prev = old.get(case)
         if (

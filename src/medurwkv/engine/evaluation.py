@@ -30,7 +30,7 @@ import numpy as np
 
 from ..data.volumes import is_volume_dataset
 from ..errors import UserError
-from ..utils import atomic_write_text
+from ..utils import atomic_write_text, progress_bar
 from .predict import Segmenter
 from .report import RUN_MARKERS
 
@@ -201,8 +201,6 @@ def evaluate(
         UserError: a wrong checkpoint, dataset, split or option (see :meth:`Segmenter.from_checkpoint` and
             :func:`resolve_split_ids`); ``FileNotFoundError`` for missing paths.
     """
-    from tqdm.auto import tqdm
-
     from ..data.index import discover
     from .metrics import MetricAccumulator, summary_markdown, write_outputs
     from .visualize import save_case_thumbnails
@@ -266,7 +264,7 @@ def evaluate(
     acc = MetricAccumulator(seg.num_classes, seg.class_names, include_background=include_background)
     preds: dict[str, Any] = {}  # id -> compressed label map, for the thumbnails
     bs = max(1, int(batch_size))
-    bar = tqdm(total=len(ids), desc=f"evaluate {split}", unit="img", disable=None if progress else True)
+    bar = progress_bar(total=len(ids), desc=f"evaluate {split}", unit="img", progress=progress)
     for start in range(0, len(ids), bs):
         chunk = ids[start : start + bs]
         images = [index.load_image(i) for i in chunk]
@@ -431,8 +429,6 @@ def _evaluate_volumes(
     t0: float,
 ) -> dict[str, Any]:
     """``evaluate`` on a volume dataset: each case segmented slice by slice, scored in 3D per class."""
-    from tqdm.auto import tqdm
-
     from ..data.volumes import discover_volumes, load_case
     from .metrics3d import VolumeMetrics, volume_summary_markdown
     from .visualize import save_volume_thumbnails
@@ -452,7 +448,7 @@ def _evaluate_volumes(
     acc = VolumeMetrics(seg.num_classes, seg.class_names, include_background=include_background)
     kept: dict[str, tuple[_Compressed, _Compressed]] = {}  # case -> (pred, gt) for the thumbnails
     spacing_known = True
-    for case in tqdm(ids, desc=f"evaluate {split}", unit="vol", disable=None if progress else True):
+    for case in progress_bar(ids, desc=f"evaluate {split}", unit="vol", progress=progress):
         image, gt, ref = load_case(index, case)  # (C, X, Y, Z), (X, Y, Z), geometry
         if gt is None:
             raise UserError(f"case {case!r} of {data_root} has no label; evaluation needs labelled cases")

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..models.base import SegmentationModel
+from ..utils import progress_bar
 from .backends import Backend, OnnxBackend, TorchBackend
 from .onnx_metadata import CHECKPOINT_EXPECTED, ONNX_METADATA_KEY, pad_settings, read_onnx_metadata
 from .predict_io import collect_inputs, is_pathlike, split_input, unique_stems, write_npy, write_png
@@ -571,7 +572,7 @@ def predict_paths(
             written.append(write_npy(out / f"{stem}_probs.npy", probs.numpy().astype(np.float32)))
         summary.outputs[str(path)] = written
 
-    bar = tqdm(total=len(paths), desc="predict", unit="img", disable=None if progress else True)
+    bar = progress_bar(total=len(paths), desc="predict", unit="img", progress=progress)
     for start in range(0, len(paths), bs):
         chunk: list[tuple[Path, str, np.ndarray, PreparedImage]] = []
         for path, stem in zip(paths[start : start + bs], stems[start : start + bs]):

@@ -39,6 +39,7 @@ from ..data.volume_slices import (
 )
 from ..data.volumes import Volume, read_volume, stack_channels, write_label_volume
 from ..errors import UserError
+from ..utils import progress_bar
 from .predict import PredictSummary, Segmenter
 
 __all__ = ["volume_spec", "segment_volume", "collect_volume_cases", "read_volume_case", "predict_volumes"]
@@ -196,7 +197,7 @@ def predict_volumes(
     summary.failed.extend(problems)
     # a plain CASE.nii.gz predicted into its own folder would be replaced by its label map
     sources = {f.resolve() for files in cases.values() for f in files}
-    for case, files in tqdm(cases.items(), desc="predict", unit="vol", disable=None if progress else True):
+    for case, files in progress_bar(cases.items(), desc="predict", unit="vol", progress=progress):
         try:
             ending = _nifti_ending(files[0].name) or ".nii.gz"
             target = out / f"{case}{ending}"

@@ -1,9 +1,11 @@
-"""Small shared helpers below every other layer: atomic file writes, downloads with a checksum, tracing checks."""
+"""Small shared helpers below every other layer: atomic file writes, downloads with a checksum, tracing checks,
+the progress bar."""
 
 from __future__ import annotations
 
 from .download import default_cache_dir, download, sha256_file
 from .files import atomic_write, atomic_write_json, atomic_write_text
+from .progress import progress_bar
 from .tracing import is_exporting, is_tracing
 
 __all__ = [
@@ -14,5 +16,6 @@ __all__ = [
     "download",
     "is_exporting",
     "is_tracing",
+    "progress_bar",
     "sha256_file",
 ]

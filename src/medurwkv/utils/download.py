@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DownloadError
+from .progress import progress_bar
 
 __all__ = ["CACHE_ENV", "default_cache_dir", "download", "sha256_file"]
 
@@ -55,7 +56,6 @@ def download(
     Raises :class:`~medurwkv.errors.DownloadError` (a user error) when the URL is not http(s)/file, the
     transfer fails (the message ends with ``hint``) or the checksum differs.
     """
-    from tqdm.auto import tqdm
 
     if urllib.parse.urlparse(url).scheme not in ("http", "https", "file"):
         raise DownloadError(f"expected an http(s):// or file:// URL, got {url!r}")
@@ -78,13 +78,13 @@ def download(
                 request = urllib.request.Request(url, headers={"User-Agent": "medurwkv"})
                 with urllib.request.urlopen(request, timeout=timeout) as resp:
                     total = int(resp.headers.get("Content-Length") or 0) or None
-                    with tqdm(
+                    with progress_bar(
                         total=total,
                         unit="B",
                         unit_scale=True,
                         unit_divisor=1024,
                         desc=dest.name,
-                        disable=None if progress else True,
+                        progress=progress,
                     ) as bar:
                         while block := resp.read(1 << 20):
                             f.write(block)
