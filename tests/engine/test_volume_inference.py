@@ -19,7 +19,7 @@ from medurwkv import create_model
 from medurwkv.data.volume_slices import VOLUME_PREPROCESS_FORMAT, VolumeSpec
 from medurwkv.engine.evaluation import evaluate
 from medurwkv.engine.export import export_checkpoint
-from medurwkv.engine.predict import Segmenter
+from medurwkv.engine.predict import Segmenter, predict_paths
 from medurwkv.engine.volume_inference import (
     collect_volume_cases,
     predict_volumes,
@@ -332,3 +332,11 @@ def test_evaluate_per_case_metrics_match_monai(
             else:
                 assert row["hd95"] == "" and not math.isfinite(float(hd95[c]))
     assert compared >= 1  # at least one HD95 really checked against MONAI
+
+
+def test_a_volume_model_refuses_raw_2d_images(segmenter: Segmenter, tmp_path: Path):
+    # a raw slice would skip the volume's z-score: the 2D entry points say which function to use instead
+    with pytest.raises(UserError, match=r"trained on volumes; segment a \(C, X, Y, Z\) volume"):
+        segmenter.predict(np.zeros((32, 32), np.float32))
+    with pytest.raises(UserError, match=r"trained on volumes \(slices of 3D scans\); predict NIfTI"):
+        predict_paths(segmenter, tmp_path, tmp_path / "out", progress=False)

@@ -431,6 +431,11 @@ class Segmenter:
             one image: ``labels`` (H, W) int64, or ``(labels, probs)`` with ``return_probs``; a stacked array
             or tensor batch: ``(N, H, W)`` (and ``(N, K, H, W)``); a list input: lists of those per image.
         """
+        if self.preprocess.get("volume") is not None:  # raw 2D images would skip the volume's normalisation
+            raise UserError(
+                f"{self.source or 'this model'} was trained on volumes; segment a (C, X, Y, Z) volume with "
+                "medurwkv.engine.volume_inference.segment_volume (or NIfTI files with predict_volumes)"
+            )
         items, names, kind = split_input(x)
         if kind != "single" and not items:
             return ([], []) if return_probs else []
