@@ -27,7 +27,7 @@ TINY: dict[str, dict] = {
     else cfg
     for name, cfg in QUICK_OVERRIDES.items()
 }
-MED = [n for n in TINY if n != "unet"]
+MED = [n for n in TINY if get_model_entry(n).pretrained is not None]  # models with an official release
 
 
 def _tiny(name: str, seed: int = 0, **kw) -> nn.Module:

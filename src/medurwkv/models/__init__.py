@@ -1,14 +1,15 @@
 """Models: the model contract, the registry, the builder, pretrained loading, VRWKV layers, encoders, models.
 
 Layers, from the leaves up: ``releases`` (official weight table, no package imports) -> ``registry`` (names ->
-builders) -> the model modules (``vrwkv``, ``adapter``, ``encoders``, ``unet``, ``med_urwkv``), which register
-their variants on import -> ``pretrained`` (loading) -> ``builder`` (``create_model``). Importing this package
-imports every model module, so a broken one fails loudly. See ``docs/models.md`` and ``docs/pretrained.md``.
+builders) -> the model modules (``vrwkv``, ``adapter``, ``encoders``, ``unet``, ``med_urwkv``,
+``monai_models``), which register their variants on import -> ``pretrained`` (loading) -> ``builder``
+(``create_model``). Importing this package imports every model module, so a broken one fails loudly. See
+``docs/models.md`` and ``docs/pretrained.md``.
 """
 
 from __future__ import annotations
 
-from . import adapter, med_urwkv, unet, vrwkv  # noqa: F401  (each registers its variants)
+from . import adapter, med_urwkv, monai_models, unet, vrwkv  # noqa: F401  (each registers its variants)
 from .base import Encoder, SegmentationModel, pad_to_multiple
 from .builder import create_model
 from .pretrained import LoadReport, load_pretrained

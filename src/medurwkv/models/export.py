@@ -165,7 +165,8 @@ def export_onnx(
                         raise RuntimeError(
                             f"expected a size-dynamic graph, got max |diff| = {diff2:.3g} at a second shape "
                             f"{shape2} (the graph baked in sizes of the tracing input {tuple(sample_shape)}: "
-                            "Bi-WKV kernel chunking or deformable-attention levels); export with dynamic=False"
+                            "Bi-WKV kernel chunking, deformable-attention levels or Swin window partitions); export with "
+                            "dynamic=False"
                         )
     except BaseException:
         path.unlink(missing_ok=True)  # never leave an unverified or failed file behind

@@ -23,4 +23,7 @@ QUICK_OVERRIDES: dict[str, dict[str, Any]] = {
     "med_urwkv_s": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
     "med_urwkv_t_pure": dict(encoder_overrides=dict(embed_dims=32, depth=4), decoder_dim=32),
     "med_urwkv_t_dagger": dict(encoder_overrides=_TINY_ADAPTER, decoder_dim=32),
+    # the MONAI baselines: same depth (4 stride-2 levels; 4 Swin stages), a few channels
+    "monai_unet": dict(channels=[4, 8, 8, 16, 16]),
+    "swin_unetr": dict(feature_size=12, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2]),
 }
