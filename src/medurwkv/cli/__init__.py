@@ -22,7 +22,7 @@ from ..errors import UserError
 __all__ = ["USER_ERRORS", "build_parser", "main", "one_line"]
 
 # Subcommand modules in the order shown by --help.
-_COMMANDS = ("data", "train", "evaluate", "predict", "export", "report", "demo", "models")
+_COMMANDS = ("data", "train", "pretrain", "evaluate", "predict", "export", "report", "demo", "models")
 
 # What counts as the user's to fix. OSError in general does not (a full disk is not a typo).
 USER_ERRORS = (

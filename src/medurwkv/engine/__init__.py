@@ -14,6 +14,9 @@ _LAZY = {
     "fit": "train",
     "FitResult": "train",
     "TrainConfig": "config",
+    # not the function pretrain: its name is the submodule's, which importing it binds on this package
+    "PretrainConfig": "pretrain",
+    "PretrainResult": "pretrain",
     "TrainState": "checkpoint",
     "evaluate": "evaluation",
     "Segmenter": "predict",

@@ -7,6 +7,10 @@ demo's training flags and the options table of ``docs/training.md`` (:func:`opti
 from it. Precedence, lowest first: dataclass defaults < YAML file (``--config``) < explicit command-line flags /
 keyword overrides. The resolved configuration is written to ``RUN_DIR/config.yaml`` and is what ``--resume``
 reads back. Help texts mark a default ``[paper]`` (stated by Med-URWKV) or ``[ours]`` (docs/training.md).
+
+The machinery is generic: :class:`OptionTable` (the base of TrainConfig and of ``engine/pretrain.py``'s
+PretrainConfig) gives a dataclass of ``_opt`` fields its dict / YAML conversions, key checks with 'did you mean'
+hints, the derived :class:`OptionSpec` list and the markdown table, and small validation helpers.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import UserError
 from ..utils import atomic_write_text
 
 __all__ = [
     "TrainConfig",
+    "OptionTable",
     "OptionSpec",
     "CLI_ONLY_OPTIONS",
     "RESUME_OVERRIDABLE",
@@ -84,8 +89,215 @@ def _opt(
     return field(default=default, metadata=meta)
 
 
+@dataclass(frozen=True)
+class OptionSpec:
+    """One training option as the command line and the docs show it. ``parse`` is None for a boolean flag
+    (``--x`` / ``--no-x``)."""
+
+    name: str
+    flag: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] | None
+    choices: tuple[str, ...] | None
+    metavar: str | None
+    shown: str
+
+
+_T = TypeVar("_T", bound="OptionTable")
+
+
+class OptionTable:
+    """Base of an option dataclass whose fields are made with :func:`_opt` (TrainConfig, PretrainConfig).
+
+    A subclass sets ``_kind`` (the word of its error messages: 'unknown training option(s)') and ``_command``
+    (the ``medurwkv`` command that resumes from its YAML), and may override :meth:`coerce` (the conversion of a
+    YAML / command-line value to a field's type) and :meth:`validate`. ``__post_init__`` validates.
+    """
+
+    _kind = "training"
+    _command = "train"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the option and how to fix it."""
+
+    @classmethod
+    def option_fields(cls) -> dict[str, dataclasses.Field]:
+        """``{name: field}`` in declaration order."""
+        return {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+
+    @classmethod
+    def coerce(cls, name: str, v: Any, source: str) -> Any:
+        """``v`` (from YAML or the command line) converted to the type of option ``name``."""
+        return v
+
+    @classmethod
+    def check_keys(cls, d: Mapping[str, Any], source: str) -> None:
+        """Raise on keys of ``d`` that are no option, with a 'did you mean' hint."""
+        names = cls.option_fields()
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(str(k), list(names), n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise UserError(
+                f"unknown {cls._kind} option(s) in {source}: {', '.join(hints)}; valid options: {', '.join(names)}"
+            )
+
+    # ------------------------------------------------------------------ conversions
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/JSON-ready)."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[_T], d: Mapping[str, Any], *, source: str = "config") -> _T:
+        """Build from a mapping; unknown keys raise with a 'did you mean' hint."""
+        cls.check_keys(d, source)
+        return cls(**{k: cls.coerce(k, v, source) for k, v in d.items()})
+
+    def replace(self: _T, **overrides: Any) -> _T:
+        """A copy with ``overrides`` applied (validated)."""
+        self.check_keys(overrides, "overrides")
+        return dataclasses.replace(  # type: ignore[type-var]
+            self, **{k: self.coerce(k, v, "overrides") for k, v in overrides.items()}
+        )
+
+    @property
+    def img_hw(self) -> tuple[int, int]:
+        """``img_size`` as ``(H, W)``."""
+        s = self.img_size  # type: ignore[attr-defined]
+        return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+
+    @classmethod
+    def load_yaml(cls, path: str | Path) -> dict[str, Any]:
+        """Read a YAML file of options into a dict (validated keys, not yet merged)."""
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"expected a {cls._kind} config YAML file, got {p} which does not exist")
+        try:
+            d = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise UserError(f"{p} is not valid YAML: {e}") from e
+        if d is None:
+            return {}
+        if not isinstance(d, dict):
+            raise UserError(f"expected {p} to hold a mapping of options (key: value), got {type(d).__name__}")
+        cls.check_keys(d, str(p))
+        return d
+
+    def save_yaml(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+        """Write the resolved config as YAML (atomically); ``extra`` goes into a trailing comment block."""
+        import yaml
+
+        text = (
+            f"# medurwkv {self._kind} configuration (resolved; `medurwkv {self._command} --resume RUN_DIR` reads "
+            "it back)\n"
+        )
+        text += yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+        if extra:
+            text += "".join(f"# {k}: {v}\n" for k, v in extra.items())
+        return atomic_write_text(path, text)
+
+    @classmethod
+    def as_options(cls, config: OptionTable | Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
+        """The options a ``config`` argument holds: an instance, a dict, a YAML path, or None (no options)."""
+        if config is None:
+            return {}
+        if isinstance(config, cls):
+            return config.to_dict()
+        if isinstance(config, (str, Path)):
+            return cls.load_yaml(config)
+        if isinstance(config, Mapping):
+            return dict(config)
+        raise UserError(
+            f"expected a {cls.__name__}, dict or YAML path as config, got {type(config).__name__}"
+        )
+
+    # ------------------------------------------------------------------ the derived tables
+    @classmethod
+    def options(cls) -> list[OptionSpec]:
+        """Every field as an :class:`OptionSpec`, in declaration order."""
+        defaults = cls()
+        out = []
+        for f in fields(cls):  # type: ignore[arg-type]
+            default = getattr(defaults, f.name)
+            m = f.metadata
+            out.append(
+                OptionSpec(
+                    name=f.name,
+                    flag="--" + _flag(f.name),
+                    default=default,
+                    help=m["help"],
+                    parse=_cli_type(f),
+                    choices=m["choices"],
+                    metavar=m["metavar"],
+                    shown=m["shown"] or _yaml_value(default),
+                )
+            )
+        return out
+
+    @classmethod
+    def options_markdown(cls, cli_only: tuple[tuple[str, str, str], ...] = ()) -> str:
+        """The options table of the docs (``flag | default | meaning``): ``cli_only`` (name, metavar, help)
+        first, then :meth:`options`."""
+
+        def cell(s: str) -> str:
+            return s.replace("|", "\\|")
+
+        lines = ["| flag | default | meaning |", "|---|---|---|"]
+        lines += [f"| `--{name}` | – | {cell(help)} |" for name, _, help in cli_only]
+        for o in cls.options():
+            default = o.shown if o.shown == "required" else f"`{o.shown}`"
+            lines.append(f"| `{o.flag}` | {cell(default)} | {cell(o.help)} |")
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------------ validation helpers
+    def _bad(self, name: str, expected: str) -> UserError:
+        return UserError(f"expected {name} {expected}, got {getattr(self, name)!r}; fix --{_flag(name)}")
+
+    def _check_img_size(self) -> None:
+        """``img_size``: a positive int or ``[H, W]`` of positive ints (a tuple becomes a list)."""
+        s = self.img_size  # type: ignore[attr-defined]
+        if isinstance(s, (list, tuple)):
+            if len(s) != 2 or not all(isinstance(v, int) and v > 0 for v in s):
+                raise self._bad("img_size", "to be a positive int or [H, W]")
+            self.img_size = [int(v) for v in s]
+        elif not (isinstance(s, int) and s > 0):
+            raise self._bad("img_size", "to be a positive int or [H, W]")
+
+    def _check_ints(self, names: tuple[str, ...], minimum: int, *, nullable: bool = False) -> None:
+        """Each of ``names`` an integer >= ``minimum`` (or None with ``nullable``)."""
+        for name in names:
+            v = getattr(self, name)
+            if nullable and v is None:
+                continue
+            if not (isinstance(v, int) and v >= minimum):
+                raise self._bad(name, f"to be an integer >= {minimum}" + (" or null" if nullable else ""))
+
+    def _check_choices(self) -> None:
+        """Every field with ``choices`` holds one of them (or None where its type allows it)."""
+        for f in fields(self):  # type: ignore[arg-type]
+            choices, v = f.metadata["choices"], getattr(self, f.name)
+            if choices and v is not None and v not in choices:
+                allowed = ", ".join(repr(c) for c in choices) + (" or null" if "None" in str(f.type) else "")
+                raise self._bad(f.name, f"to be one of {allowed}")
+
+    def _check_model(self) -> None:
+        """``model_kwargs`` a mapping, ``model`` a non-empty name."""
+        if not isinstance(self.model_kwargs, dict):  # type: ignore[attr-defined]
+            raise self._bad("model_kwargs", "to be a mapping (YAML dict or JSON object)")
+        if not isinstance(self.model, str) or not self.model:  # type: ignore[attr-defined]
+            raise self._bad("model", "to be a registered model name (see `medurwkv models`)")
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(OptionTable):
     """All options of a training run (docs/training.md lists them with their defaults)."""
 
     # --- data
@@ -180,7 +392,8 @@ class TrainConfig:
     model: str = _opt("med_urwkv_t", "registered model name (`medurwkv models` lists them)")
     pretrained: bool | str = _opt(
         False,
-        "false, true (the model's official release) or a local path / URL of weights",
+        "false, true (the model's official release) or a local path / URL of weights, or an encoder.pt of "
+        "`medurwkv pretrain`",
         parse=str,
         metavar="True|False|PATH|URL",
     )
@@ -244,53 +457,18 @@ class TrainConfig:
     progress: bool = _opt(True, "show a tqdm progress bar per epoch (running loss, img/s)", resume=True)
     tensorboard: bool = _opt(True, "write TensorBoard logs to RUN_DIR/tb/", resume=True)
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    # ------------------------------------------------------------------ helpers
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (YAML/JSON-ready)."""
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], *, source: str = "config") -> TrainConfig:
-        """Build from a mapping; unknown keys raise with a 'did you mean' hint."""
-        _check_keys(d, source)
-        return cls(**{k: _coerce(k, v, source) for k, v in d.items()})
-
-    def replace(self, **overrides: Any) -> TrainConfig:
-        """A copy with ``overrides`` applied (validated)."""
-        _check_keys(overrides, "overrides")
-        return dataclasses.replace(self, **{k: _coerce(k, v, "overrides") for k, v in overrides.items()})
-
-    @property
-    def img_hw(self) -> tuple[int, int]:
-        """``img_size`` as ``(H, W)``."""
-        s = self.img_size
-        return (int(s), int(s)) if isinstance(s, int) else (int(s[0]), int(s[1]))
+    def coerce(cls, name: str, v: Any, source: str) -> Any:
+        return _coerce(name, v, source)
 
     def validate(self) -> None:
         """Raise :class:`UserError` naming the option and how to fix it."""
 
-        def bad(name: str, expected: str) -> UserError:
-            return UserError(f"expected {name} {expected}, got {getattr(self, name)!r}; fix --{_flag(name)}")
-
-        if isinstance(self.img_size, (list, tuple)):
-            if len(self.img_size) != 2 or not all(isinstance(v, int) and v > 0 for v in self.img_size):
-                raise bad("img_size", "to be a positive int or [H, W]")
-            self.img_size = [int(v) for v in self.img_size]
-        elif not (isinstance(self.img_size, int) and self.img_size > 0):
-            raise bad("img_size", "to be a positive int or [H, W]")
-        for name in ("epochs", "batch_size", "val_every"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise bad(name, "to be an integer >= 1")
-        for name in ("num_workers", "freeze_encoder_epochs", "seed", "context_slices"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 0):
-                raise bad(name, "to be an integer >= 0")
-        for name in ("max_train_batches", "max_val_batches", "limit", "in_channels"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, int) and v >= 1):
-                raise bad(name, "to be an integer >= 1 or null")
+        bad = self._bad
+        self._check_img_size()
+        self._check_ints(("epochs", "batch_size", "val_every"), 1)
+        self._check_ints(("num_workers", "freeze_encoder_epochs", "seed", "context_slices"), 0)
+        self._check_ints(("max_train_batches", "max_val_batches", "limit", "in_channels"), 1, nullable=True)
         if self.fold is not None and not (isinstance(self.fold, int) and self.fold >= 0):
             raise bad("fold", "to be an integer >= 0 or null")
         if not self.lr > 0:
@@ -316,15 +494,8 @@ class TrainConfig:
                 raise bad(name, "in [0, 1) or null (the split's default)")
         if self.folds is not None and not (isinstance(self.folds, int) and self.folds >= 2):
             raise bad("folds", "to be an integer >= 2 or null")
-        for f in fields(self):
-            choices, v = f.metadata["choices"], getattr(self, f.name)
-            if choices and v is not None and v not in choices:
-                allowed = ", ".join(repr(c) for c in choices) + (" or null" if "None" in str(f.type) else "")
-                raise bad(f.name, f"to be one of {allowed}")
-        if not isinstance(self.model_kwargs, dict):
-            raise bad("model_kwargs", "to be a mapping (YAML dict or JSON object)")
-        if not isinstance(self.model, str) or not self.model:
-            raise bad("model", "to be a registered model name (see `medurwkv models`)")
+        self._check_choices()
+        self._check_model()
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
@@ -340,21 +511,6 @@ CLI_ONLY_OPTIONS: tuple[tuple[str, str, str], ...] = (
 
 
 # ---------------------------------------------------------------------------------------- the derived tables
-
-
-@dataclass(frozen=True)
-class OptionSpec:
-    """One training option as the command line and the docs show it. ``parse`` is None for a boolean flag
-    (``--x`` / ``--no-x``)."""
-
-    name: str
-    flag: str
-    default: Any
-    help: str
-    parse: Callable[[str], Any] | None
-    choices: tuple[str, ...] | None
-    metavar: str | None
-    shown: str
 
 
 def _cli_type(f: dataclasses.Field) -> Callable[[str], Any] | None:
@@ -377,38 +533,12 @@ def _yaml_value(v: Any) -> str:
 
 def train_options() -> list[OptionSpec]:
     """Every :class:`TrainConfig` field as an :class:`OptionSpec`, in declaration order."""
-    defaults = TrainConfig()
-    out = []
-    for f in fields(TrainConfig):
-        default = getattr(defaults, f.name)
-        m = f.metadata
-        out.append(
-            OptionSpec(
-                name=f.name,
-                flag="--" + _flag(f.name),
-                default=default,
-                help=m["help"],
-                parse=_cli_type(f),
-                choices=m["choices"],
-                metavar=m["metavar"],
-                shown=m["shown"] or _yaml_value(default),
-            )
-        )
-    return out
+    return TrainConfig.options()
 
 
 def options_markdown() -> str:
     """The options table of docs/training.md (``flag | default | meaning``), generated from TrainConfig."""
-
-    def cell(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    lines = ["| flag | default | meaning |", "|---|---|---|"]
-    lines += [f"| `--{name}` | – | {cell(help)} |" for name, _, help in CLI_ONLY_OPTIONS]
-    for o in train_options():
-        default = o.shown if o.shown == "required" else f"`{o.shown}`"
-        lines.append(f"| `{o.flag}` | {cell(default)} | {cell(o.help)} |")
-    return "\n".join(lines) + "\n"
+    return TrainConfig.options_markdown(CLI_ONLY_OPTIONS)
 
 
 # ---------------------------------------------------------------------------------------- reading values
@@ -419,15 +549,7 @@ def _flag(name: str) -> str:
 
 
 def _check_keys(d: Mapping[str, Any], source: str) -> None:
-    unknown = [k for k in d if k not in _FIELDS]
-    if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(str(k), list(_FIELDS), n=1)
-            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise UserError(
-            f"unknown training option(s) in {source}: {', '.join(hints)}; valid options: {', '.join(_FIELDS)}"
-        )
+    TrainConfig.check_keys(d, source)
 
 
 def parse_pretrained(v: Any) -> bool | str:
@@ -508,45 +630,17 @@ def _coerce(name: str, v: Any, source: str) -> Any:
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """Read a training YAML file into a dict of options (validated keys, not yet merged)."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"expected a training config YAML file, got {p} which does not exist")
-    try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise UserError(f"{p} is not valid YAML: {e}") from e
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise UserError(f"expected {p} to hold a mapping of options (key: value), got {type(d).__name__}")
-    _check_keys(d, str(p))
-    return d
+    return TrainConfig.load_yaml(path)
 
 
 def save_yaml_config(cfg: TrainConfig, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
     """Write the resolved config as YAML (atomically); ``extra`` goes into a trailing comment block."""
-    import yaml
-
-    text = "# medurwkv training configuration (resolved; `medurwkv train --resume RUN_DIR` reads it back)\n"
-    text += yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
-    if extra:
-        text += "".join(f"# {k}: {v}\n" for k, v in extra.items())
-    return atomic_write_text(path, text)
+    return cfg.save_yaml(path, extra)
 
 
 def as_options(config: TrainConfig | Mapping[str, Any] | str | Path | None) -> dict[str, Any]:
     """The options a ``config`` argument holds: a TrainConfig, a dict, a YAML path, or None (no options)."""
-    if config is None:
-        return {}
-    if isinstance(config, TrainConfig):
-        return config.to_dict()
-    if isinstance(config, (str, Path)):
-        return load_yaml_config(config)
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise UserError(f"expected a TrainConfig, dict or YAML path as config, got {type(config).__name__}")
+    return TrainConfig.as_options(config)
 
 
 def resolve_config(

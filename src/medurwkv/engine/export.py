@@ -117,8 +117,9 @@ def export_checkpoint(
         rng = np.random.default_rng(0)
         shape = (hh, ww) if in_ch == 1 else (hh, ww, in_ch)
         img = rng.random(shape, dtype=np.float32)
-        _, pt = seg_t.predict(img, return_probs=True, native=True)
-        _, po = seg_o.predict(img, return_probs=True, native=True)
+        # predict_items: the image path below predict (which a volume model refuses for raw images)
+        pt = next(seg_t.predict_items([img], native=True)).numpy()  # (K, hh, ww)
+        po = next(seg_o.predict_items([img], native=True)).numpy()
         diff = float(np.abs(pt - po).max())
         report["max_abs_diff_probs"] = diff
         report["second_size"] = [hh, ww]

@@ -13,6 +13,8 @@ Reads what exists of the run directory (every part is optional, so partial runs 
     RUN_DIR/eval/<split>/per_case.csv      volumes: per-case, per-class rows (histogram of the per-case Dice)
     RUN_DIR/eval/<split>/cases/{best,median,worst}_<id>.png   overlays (engine/visualize.save_case_thumbnails;
                                            for volumes the busiest slice, save_volume_thumbnails)
+    RUN_DIR/preview.png                    `medurwkv pretrain` runs (config.yaml with mask_ratio): the
+                                           reconstruction preview, shown with the loss of metrics.csv
     RUN_DIR/slices/index.json              volumes: the resolved slicing / intensity spec ("spec", the same
                                            dict as the checkpoint's preprocess["volume"])
 
@@ -833,6 +835,60 @@ def _case_row(split_dir: Path, safe_case_id: str) -> float | None:
     return None
 
 
+def _section_pretrain(run: Path) -> str:
+    """A ``medurwkv pretrain`` run folder (its config.yaml has ``mask_ratio``): the masked-pixel reconstruction
+    loss per epoch (metrics.csv: epoch, loss, lr, images_seen, ...) and preview.png; "" for any other run."""
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((run / "config.yaml").read_text(errors="replace"))
+    except Exception:  # no or broken config.yaml: not recognisably a pretrain run
+        return ""
+    if not isinstance(cfg, dict) or "mask_ratio" not in cfg:
+        return ""
+    out = ["<h2 id='pretraining'>Masked image pretraining</h2>"]
+    cols = read_training_log(run / "metrics.csv") if (run / "metrics.csv").is_file() else {}
+    loss = cols.get("loss", [])
+    if not loss:
+        out.append(_missing("metrics.csv has no epochs yet"))
+    else:
+        from matplotlib.figure import Figure
+
+        facts = [
+            ("epochs logged", str(len(loss))),
+            ("first loss", _fmt(loss[0])),
+            ("last loss", _fmt(loss[-1])),
+        ]
+        if cols.get("images_seen"):
+            facts.append(("images seen", _fmt(cols["images_seen"][-1], 0)))
+        t = [v for v in cols.get("epoch_time_s", []) if math.isfinite(v)]
+        if t:
+            facts.append(("pretraining time", f"{sum(t) / 60:.1f} min ({sum(t) / len(t):.1f} s/epoch)"))
+        facts.append(("encoder.pt", "written" if (run / "encoder.pt").is_file() else "missing"))
+        out.append("<table><tr>" + "".join(f"<th>{_esc(k)}</th>" for k, _ in facts) + "</tr><tr>")
+        out.append("".join(f"<td>{_esc(v)}</td>" for _, v in facts) + "</tr></table>")
+        x = cols.get("epoch") or list(range(1, len(loss) + 1))
+        fig = Figure(figsize=(8.0, 3.0), layout="constrained")
+        ax, ax_lr = fig.subplots(1, 2)
+        ax.plot(x, loss, "-o", ms=3)
+        ax.set(title="L1 loss on the masked pixels", xlabel="epoch")
+        ax_lr.plot(x, cols.get("lr", [math.nan] * len(x)), "-", color="tab:purple")
+        ax_lr.set(title="learning rate (last step of the epoch)", xlabel="epoch")
+        for a in (ax, ax_lr):
+            a.grid(alpha=0.3)
+        out.append(_img(_figure_png(fig), "pretraining loss"))
+    preview = run / "preview.png"
+    if preview.is_file():
+        out.append(_img(preview.read_bytes(), "reconstruction preview"))
+        out.append(
+            "<p class='sub'>rows: masked input (what the encoder sees) / reconstruction (masked patches predicted, "
+            "visible pixels kept) / original; one column per fixed image, after the last epoch</p>"
+        )
+    else:
+        out.append(_missing("no preview.png yet: written after the first epoch"))
+    return "".join(out)
+
+
 def _section_eval(run: Path) -> str:
     splits = find_splits(run)
     head = "<h2 id='evaluation'>Evaluation</h2>"
@@ -899,12 +955,13 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, title: s
         raise _not_a_directory(run)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     name = title or run.resolve().name
+    # a `medurwkv pretrain` run has no segmentation metrics: its own section instead of those
+    pretrain = _section_pretrain(run)
+    sections = [pretrain] if pretrain else [_headline_cards(run), _section_eval(run), _section_training(run)]
     body = [
         f"<h1>medurwkv run report: {_esc(name)}</h1>",
         f"<div class='sub'>{_esc(run.resolve())} · generated {now} · medurwkv {_esc(__version__)}</div>",
-        _headline_cards(run),
-        _section_eval(run),
-        _section_training(run),
+        *sections,
         _section_config(run),
     ]
     doc = (

@@ -24,10 +24,7 @@ the epochs an uninterrupted run would have done; checkpoints also carry the RNG 
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,7 +35,6 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..utils import atomic_write_text
 from .checkpoint import TrainState, load_checkpoint
 from .config import (
     TrainConfig,
@@ -49,6 +45,7 @@ from .config import (
     save_yaml_config,
 )
 from .distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
+from .run_files import RunLog, start_run, write_metrics_csv
 from .train_data import make_loaders, prepare_data
 from .train_loop import (
     PolyWarmup,
@@ -144,7 +141,7 @@ def _fit(
     device: torch.device,
     info: DistInfo,
 ) -> FitResult:
-    log = _start_run(cfg, run_dir, resuming, device, info)
+    log = start_run(cfg, run_dir, resuming, device, info)
     seed_everything(cfg.seed)
 
     # ---- data: one rank-0 step (check, split, index), one broadcast
@@ -265,26 +262,6 @@ def _resume_config(run_dir: Path, config: Any, overrides: dict[str, Any]) -> Tra
     return cfg.replace(data=str(Path(cfg.data).expanduser().resolve()))
 
 
-def _start_run(cfg: TrainConfig, run_dir: Path, resuming: bool, device: torch.device, info: DistInfo) -> _Log:
-    """Create the run folder, start the log, set the determinism switches."""
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    barrier(info)
-    log = _Log(run_dir, info.is_main)
-    log(
-        f"{'resuming' if resuming else 'training'} run {run_dir} on {device}"
-        + (f" x {info.world_size} processes ({info.backend})" if info.enabled else "")
-    )
-    if cfg.deterministic:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not cfg.deterministic
-        torch.backends.cudnn.deterministic = cfg.deterministic
-    return log
-
-
 def _epoch_line(cfg: TrainConfig, row: dict[str, Any], improved: bool) -> str:
     val = (
         ""
@@ -300,44 +277,6 @@ def _epoch_line(cfg: TrainConfig, row: dict[str, Any], improved: bool) -> str:
 
 
 # ---------------------------------------------------------------------------------------- run folder
-
-
-class _Log:
-    """Prints on rank 0 and appends the same lines to RUN_DIR/train.log."""
-
-    def __init__(self, run_dir: Path | None, enabled: bool) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "train.log" if (run_dir is not None and enabled) else None
-
-    def __call__(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        print(msg, flush=True)
-        if self.path is not None:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            with open(self.path, "a", encoding="utf-8") as f:
-                for line in msg.splitlines() or [""]:
-                    f.write(f"[{stamp}] {line}\n")
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, bool):
-        return str(int(v))
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.8g}"
-    return str(v)
-
-
-def _write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.csv from the history (atomic), so a resumed run never duplicates or loses rows."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(METRIC_COLUMNS)
-    for row in history:
-        w.writerow([_fmt(row.get(k)) for k in METRIC_COLUMNS])
-    atomic_write_text(path, buf.getvalue())
 
 
 class _RunFiles:
@@ -362,7 +301,7 @@ class _RunFiles:
 
     def start(self, state: TrainState) -> None:
         save_yaml_config(self.cfg, self.run_dir / "config.yaml")
-        _write_metrics_csv(self.run_dir / "metrics.csv", state.history)
+        write_metrics_csv(self.run_dir / "metrics.csv", state.history, METRIC_COLUMNS)
         if self.cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -371,7 +310,7 @@ class _RunFiles:
             self.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=state.global_step)
 
     def end_epoch(self, state: TrainState, trainer: Any, improved: bool) -> None:
-        _write_metrics_csv(self.run_dir / "metrics.csv", state.history)
+        write_metrics_csv(self.run_dir / "metrics.csv", state.history, METRIC_COLUMNS)
         parts = dict(optimizer=trainer.optimizer, scheduler=trainer.scheduler, scaler=trainer.scaler)
         if improved:
             state.save(self.best, trainer.model, preprocess=self.preprocess, **parts, **self.run)
@@ -401,7 +340,7 @@ def _finish(
     used_ids: dict[str, list[str]],
     device: torch.device,
     info: DistInfo,
-    log: _Log,
+    log: RunLog,
 ) -> FitResult:
     best, last = run_dir / "best.pt", run_dir / "last.pt"
     log(
@@ -424,7 +363,7 @@ def _finish(
 
 
 def _final_evaluation(
-    cfg: TrainConfig, run_dir: Path, used_ids: dict[str, list[str]], device: torch.device, log: _Log
+    cfg: TrainConfig, run_dir: Path, used_ids: dict[str, list[str]], device: torch.device, log: RunLog
 ) -> tuple[dict[str, Any], Path | None]:
     """Evaluate best.pt on val (and test) with engine.evaluate, then build report.html (both optional)."""
     from .evaluation import evaluate

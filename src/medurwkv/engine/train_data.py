@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..models.pretrained import default_normalization
 from .config import TrainConfig
 from .distributed import DistInfo, broadcast_object
 
@@ -126,7 +127,7 @@ def _inspect(
         normalize = resume["preprocess"]["normalize"]
     else:
         in_channels = cfg.in_channels or auto_in_channels([int(c) for c in (s.get("channels") or {})])
-        normalize = cfg.normalize or ("imagenet" if cfg.pretrained is not False else "per_image")
+        normalize = cfg.normalize or default_normalization(cfg.pretrained)
     result = dict(class_names=index.class_names, in_channels=in_channels, normalize=normalize, split=split)
     return index, result
 

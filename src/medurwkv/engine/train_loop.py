@@ -13,6 +13,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,8 @@ __all__ = [
     "freeze_epochs",
     "seed_everything",
     "derive_seed",
+    "reduce_loss_stats",
+    "optimizer_step",
 ]
 
 
@@ -213,12 +216,7 @@ class Trainer:
         with self.autocast():
             logits = self.train_module(x)  # (B, K, H, W)
         loss = self.loss_fn(logits.float(), y.unsqueeze(1))
-        # [sum of losses, images, non-finite flag] over all processes: one small all-reduce per step
-        ones = torch.tensor(float(x.shape[0]), device=device)
-        stats = torch.stack(
-            [loss.detach() * x.shape[0], ones, (~torch.isfinite(loss.detach())).float()]
-        ).double()
-        all_reduce_sum(stats, info)
+        stats = reduce_loss_stats(loss, x.shape[0], device, info)
         if stats[2].item() > 0:
             ids_txt = ", ".join(i for ids in all_gather_objects(list(batch["id"]), info) for i in ids)
             raise TrainingDiverged(
@@ -226,23 +224,18 @@ class Trainer:
                 f"Nothing was saved for this epoch; last.pt holds epoch {epoch}. Check those images and masks, "
                 f"lower --lr (now {cfg.lr}) or keep --grad-clip."
             )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        gnorm = torch.nn.utils.clip_grad_norm_(
-            params, cfg.grad_clip if cfg.grad_clip is not None else math.inf
-        )
-        if not self.scaler.is_enabled() and not torch.isfinite(gnorm):
-            # gradients are already averaged over processes, so every rank takes this branch
-            raise TrainingDiverged(
-                f"gradient norm became {gnorm.item()} at {where}, batch ids [{', '.join(batch['id'])}] (rank "
+        # gradients are already averaged over processes, so every rank raises on a non-finite norm
+        lr_used = optimizer_step(
+            loss,
+            self.optimizer,
+            self.scaler,
+            self.scheduler,
+            cfg.grad_clip,
+            lambda gnorm: TrainingDiverged(
+                f"gradient norm became {gnorm} at {where}, batch ids [{', '.join(batch['id'])}] (rank "
                 f"{info.rank}); lower --lr (now {cfg.lr}), keep --grad-clip or check those images"
-            )
-        lr_used = max(g["lr"] for g in self.optimizer.param_groups)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
+            ),
+        )
         return stats[0].item(), int(stats[1].item()), lr_used
 
     @torch.no_grad()
@@ -288,6 +281,45 @@ class Trainer:
         # a class absent from every validation pixel and never predicted: nothing to find, nothing found
         dice = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(tp))
         return sums[0].item() / n, dice.mean().item()
+
+
+def reduce_loss_stats(loss: torch.Tensor, n: int, device: torch.device, info: DistInfo) -> torch.Tensor:
+    """``[loss * n, n, 1 if the loss is not finite]`` (float64) summed over all processes: the sum of the batch
+    losses, the images and the non-finite flag of one step, in one small all-reduce."""
+    stats = torch.stack(
+        [
+            loss.detach() * n,
+            torch.tensor(float(n), device=device),
+            (~torch.isfinite(loss.detach())).float(),
+        ]
+    ).double()
+    all_reduce_sum(stats, info)
+    return stats
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float | None,
+    diverged: Callable[[float], Exception],
+) -> float:
+    """One optimizer step on ``loss``: backward (scaled), unscale, clip the gradient norm to ``grad_clip``
+    (None: no clipping), raise ``diverged(norm)`` on a non-finite norm (without a GradScaler, which skips such
+    steps itself), step, scheduler step. Returns the learning rate the step used (the largest of the groups)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip is not None else math.inf)
+    if not scaler.is_enabled() and not torch.isfinite(gnorm):
+        raise diverged(gnorm.item())
+    lr_used = max(g["lr"] for g in optimizer.param_groups)
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return lr_used
 
 
 def build_trainer(

@@ -5,12 +5,15 @@ The official releases (:mod:`.releases`) are mmcls / mmseg / mmdet checkpoints w
 ``model.pretrained_target()``: the prefix is stripped, the heads are skipped, the listed stem filters are adapted
 to the model's ``in_channels`` and a stored position grid is resized. Any other checkpoint is the user's own
 weights and loads exactly (strictly, no conversions) into the whole model or into its pretrained target, by a
-rule on the key prefix (:func:`load_pretrained`). Every key's fate is reported in a :class:`LoadReport`. Files
+rule on the key prefix (:func:`load_pretrained`). An ``encoder.pt`` written by ``medurwkv pretrain`` (format
+:data:`ENCODER_FORMAT`) names the model it was pretrained for and loads strictly into the pretrained target; a
+model it does not fit gets an error naming both. Every key's fate is reported in a :class:`LoadReport`. Files
 are fetched only when asked, into a local cache; nothing is downloaded at import.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import pickle
 import re
@@ -30,15 +33,27 @@ from ..errors import UserError
 from ..utils import default_cache_dir, download, sha256_file
 from .base import SegmentationModel
 from .layers import resize_pos_embed
+from .registry import get_model_entry
 from .releases import LAYOUTS, CheckpointLayout, PretrainedCfg, detect_layout, find_release
 from .vrwkv import VRWKVTrunk
 
-__all__ = ["CheckpointNotFoundError", "LoadReport", "fetch_weights", "load_pretrained"]
+__all__ = [
+    "ENCODER_FORMAT",
+    "CheckpointNotFoundError",
+    "LoadReport",
+    "default_normalization",
+    "fetch_weights",
+    "load_pretrained",
+    "read_encoder_file",
+]
 
 # Checkpoint sub-dicts that hold the weights, tried in this order (mmcv/mmseg/mmdet and our training
 # checkpoints: "state_dict"; the internimage / DeiT-style trainers: "model"; some DDP savers: "module").
 _CONTAINER_KEYS = ("state_dict", "model", "module")
 _DDP_PREFIX = "module."
+# RUN_DIR/encoder.pt of `medurwkv pretrain` (engine/pretrain.py): {"format", "model": {"name", "kwargs"},
+# "in_channels", "config", "images_seen", "epochs", "medurwkv_version", "state_dict" of pretrained_target()}
+ENCODER_FORMAT = "medurwkv-encoder-v1"
 
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):
@@ -429,6 +444,67 @@ def _plan(model: nn.Module, sd: Mapping[str, Tensor], release: PretrainedCfg | N
     return _Plan(chosen, _label(model, chosen), None)
 
 
+def read_encoder_file(source: str | Path) -> dict[str, Any] | None:
+    """The contents of an ``encoder.pt`` of ``medurwkv pretrain`` (memory-mapped: its tensors are not read),
+    or None when ``source`` is not one (a URL, a missing file, an official checkpoint, any other format)."""
+    path = Path(str(source)).expanduser()
+    if _is_url(str(source)) or not path.is_file() or not zipfile.is_zipfile(path):
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not ours (official files may hold Python objects): load_pretrained decides
+        return None
+    return obj if isinstance(obj, dict) and obj.get("format") == ENCODER_FORMAT else None
+
+
+def default_normalization(pretrained: bool | str | Path) -> str:
+    """The input normalisation that weights expect: ``"per_image"`` without weights (``False``), an encoder.pt's
+    own (what it was pretrained with), ``"imagenet"`` for the official releases and any other file."""
+    if pretrained is False or pretrained is None:
+        return "per_image"
+    encoder = read_encoder_file(pretrained) if pretrained is not True else None
+    return str(((encoder or {}).get("config") or {}).get("normalize") or "imagenet")
+
+
+def _encoder_plan(model: nn.Module, label: str) -> _Plan:
+    """An encoder.pt of ``medurwkv pretrain`` holds the pretrained target's own keys: they load into
+    ``model.pretrained_target()`` (a bare VRWKV backbone / adapter: the model itself), exactly as saved."""
+    target = model.pretrained_target() if isinstance(model, SegmentationModel) else model
+    if target is None:
+        raise UserError(
+            f"expected a model with a VRWKV encoder for {Path(label).name} (a pretrained encoder), got "
+            f"{_model_name(model)} which has none; fine-tune a Med-URWKV model with it"
+        )
+    return _Plan(target, _label(model, target), None)
+
+
+def _encoder_mismatch(file: Mapping[str, Any], label: str, model: nn.Module, detail: str) -> UserError:
+    """The encoder file does not fit the model: name both (the kwargs that differ) and how to fix it."""
+    spec_f = file.get("model") or {}
+    name_f, kw_f = str(spec_f.get("name")), dict(spec_f.get("kwargs") or {})
+    spec_m = vars(model).get("model_spec") or {}
+    name_m, kw_m = str(spec_m.get("name", type(model).__name__)), dict(spec_m.get("kwargs") or {})
+    keys = sorted(k for k in set(kw_f) | set(kw_m) if k != "num_classes" and kw_f.get(k) != kw_m.get(k))
+
+    def show(kw: dict[str, Any]) -> str:
+        return " (" + ", ".join(f"{k}={kw.get(k)!r}" for k in keys) + ")" if keys else ""
+
+    try:  # the --model-kwargs that rebuild the pretrained architecture: the file's kwargs beyond its defaults
+        defaults = get_model_entry(name_f).default_kwargs
+    except UserError:
+        defaults = {}
+    extra = {
+        k: v for k, v in kw_f.items() if k not in ("in_channels", "num_classes") and defaults.get(k) != v
+    }
+    fix = f"--model {name_f}" + (f" --model-kwargs '{json.dumps(extra)}'" if extra else "")
+    if "in_channels" in kw_f:
+        fix += f" (and {kw_f['in_channels']} input channel(s): --in-channels {kw_f['in_channels']})"
+    return UserError(
+        f"{Path(label).name} was pretrained for {name_f}{show(kw_f)}, got {name_m}{show(kw_m)}: {detail}. "
+        f"Fine-tune the model it was pretrained for: {fix}, or pretrain again for {name_m}"
+    )
+
+
 def load_pretrained(
     model: nn.Module,
     source: str | Path | Mapping[str, Any] | PretrainedCfg,
@@ -460,7 +536,9 @@ def load_pretrained(
     Official layout (a release by name, or ``backbone.*`` keys): its :class:`~.releases.CheckpointLayout`
     says what to strip (``backbone.``), what to skip (task heads) and which RGB stem filters ``(O, 3, kh, kw)``
     to adapt to the model's ``(O, N, kh, kw)`` (sum for N = 1, cyclic repeat scaled by 3/N otherwise); a square
-    ``pos_embed`` grid is resized bicubically. Your own weights load exactly as saved. Any other shape
+    ``pos_embed`` grid is resized bicubically. Your own weights load exactly as saved; an ``encoder.pt`` of
+    ``medurwkv pretrain`` (:data:`ENCODER_FORMAT`) into the pretrained target, and one made for another
+    architecture or channel count raises a UserError naming both models. Any other shape
     difference raises a UserError naming both architectures (also with ``strict=False``). The model's Bi-WKV
     kernel constants are never changed; a warning says so when an official release was trained with others.
     """
@@ -468,7 +546,8 @@ def load_pretrained(
         source, sha256=sha256, cache_dir=cache_dir, progress=progress, trust_pickle=trust_pickle
     )
     sd = {_strip_ddp(k): v for k, v in _extract_state_dict(raw).items()}
-    plan = _plan(model, sd, release)
+    encoder_file = raw if isinstance(raw, Mapping) and raw.get("format") == ENCODER_FORMAT else None
+    plan = _encoder_plan(model, label) if encoder_file is not None else _plan(model, sd, release)
     layout = plan.layout
     model_sd = plan.target.state_dict()
     report = LoadReport(source=label, target=plan.label)
@@ -514,6 +593,10 @@ def load_pretrained(
         shown = "; ".join(mismatched[:8]) + (
             f"; ... ({len(mismatched) - 8} more)" if len(mismatched) > 8 else ""
         )
+        if encoder_file is not None:
+            raise _encoder_mismatch(
+                encoder_file, label, model, f"{len(mismatched)} tensor shapes differ ({shown})"
+            )
         raise UserError(
             f"{_arch_message(ckpt_keys, model_sd, model)}: {len(mismatched)} tensor shapes differ ({shown}); "
             "create the model with the checkpoint's architecture (e.g. the matching create_model name)"
@@ -526,6 +609,8 @@ def load_pretrained(
             parts.append(
                 f"unexpected in the checkpoint ({len(report.unexpected)}): {_fmt_keys(report.unexpected)}"
             )
+        if encoder_file is not None:
+            raise _encoder_mismatch(encoder_file, label, model, "; ".join(parts))
         raise UserError(
             f"expected the checkpoint keys to match the model exactly, got {'; '.join(parts)}. "
             f"{_arch_message(ckpt_keys, model_sd, model)}. Pass strict=False to load the matching keys and keep "
