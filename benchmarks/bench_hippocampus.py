@@ -49,27 +49,35 @@ def main() -> None:
     rows = []
     for name in args.models:
         t0 = time.perf_counter()
-        res = fit(
-            data=str(data),
-            out=str(out / name),
-            split_file=str(split_file),
-            model=name,
-            img_size=args.img_size,
-            epochs=args.epochs,
-            max_train_batches=args.steps,
-            max_val_batches=args.val_batches,
-            batch_size=args.batch_size,
-            num_workers=args.num_workers,
-            seed=args.seed,
-            progress=False,
-            tensorboard=False,
-        )
+        # an interrupted run continues; a finished one is only evaluated
+        if (out / name / "last.pt").is_file():
+            print(f"{name}: resuming {out / name}", flush=True)
+            res = fit(resume=str(out / name), progress=False, tensorboard=False)
+        else:
+            res = fit(
+                data=str(data),
+                out=str(out / name),
+                split_file=str(split_file),
+                model=name,
+                img_size=args.img_size,
+                epochs=args.epochs,
+                max_train_batches=args.steps,
+                max_val_batches=args.val_batches,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+                seed=args.seed,
+                progress=False,
+                tensorboard=False,
+            )
         train_s = sum(r["epoch_time_s"] for r in res.history)
         test = res.eval.get("test")
         if not isinstance(test, dict):
             raise SystemExit(f"{name}: test evaluation failed: {test}")
         n_params = sum(
-            v.numel() for v in torch.load(res.best_checkpoint, map_location="cpu")["state_dict"].values()
+            v.numel()
+            for v in torch.load(res.best_checkpoint, map_location="cpu", weights_only=False)[
+                "state_dict"
+            ].values()
         )
         rows.append(
             {
