@@ -104,11 +104,6 @@ class VolumeSpec:
     target_spacing: float | None = None  # in-plane mm per pixel of the slices; None: slices as stored
 
     @property
-    def fit(self) -> str:
-        """How slices meet the model's input size: resized to it, or (target spacing) padded / cut to it."""
-        return "crop" if self.target_spacing else "resize"
-
-    @property
     def num_channels(self) -> int:
         return len(self.channel_names)
 
