@@ -60,7 +60,7 @@ from .distributed import (
     resolve_device,
 )
 from .pretrain_data import MaskedImageDataset, collect_images, masked_count, read_all_images, steps_per_epoch
-from .run_files import start_run, write_metrics_csv
+from .run_files import refuse_existing_run, resumable_config, start_run, write_metrics_csv
 from .train_data import auto_in_channels
 from .train_loop import (
     TrainingDiverged,
@@ -462,24 +462,13 @@ def _fresh_config(config: Any, overrides: dict[str, Any]) -> PretrainConfig:
         data=[str(Path(d).expanduser().resolve()) for d in cfg.data],
         out=str(Path(cfg.out).expanduser().resolve()),
     )
-    if (Path(cfg.out) / "last.pt").exists():
-        raise FileExistsError(
-            f"{cfg.out} already holds a run (last.pt); continue it with --resume {cfg.out} "
-            "(Python: pretrain(resume=...)) or choose another --out"
-        )
+    refuse_existing_run(cfg.out, "pretrain")
     return cfg
 
 
 def _resume_config(run_dir: Path, config: Any, overrides: dict[str, Any]) -> PretrainConfig:
     """The run's saved config; only options that do not change the numbers may be given differently."""
-    cfg_path, last = run_dir / "config.yaml", run_dir / "last.pt"
-    if not cfg_path.is_file() or not last.is_file():
-        raise FileNotFoundError(
-            f"expected a pretrain run folder with config.yaml and last.pt to resume, got {run_dir} "
-            f"(config.yaml {'found' if cfg_path.is_file() else 'missing'}, last.pt "
-            f"{'found' if last.is_file() else 'missing'}); a run killed during its first epoch has nothing "
-            "to resume: start it again"
-        )
+    cfg_path = resumable_config(run_dir, "a pretrain run folder")
     saved = PretrainConfig.from_dict(PretrainConfig.load_yaml(cfg_path), source=str(cfg_path))
     asked = {**PretrainConfig.as_options(config), **{k: v for k, v in overrides.items() if v is not None}}
     PretrainConfig.check_keys(asked, "resume")

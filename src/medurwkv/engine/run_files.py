@@ -17,7 +17,14 @@ import torch
 from ..utils import atomic_write_text
 from .distributed import DistInfo, barrier
 
-__all__ = ["RunLog", "start_run", "format_metric", "write_metrics_csv"]
+__all__ = [
+    "RunLog",
+    "start_run",
+    "format_metric",
+    "write_metrics_csv",
+    "refuse_existing_run",
+    "resumable_config",
+]
 
 
 class RunLog:
@@ -77,3 +84,27 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]], columns: Sequen
     for row in history:
         w.writerow([format_metric(row.get(k)) for k in columns])
     atomic_write_text(path, buf.getvalue())
+
+
+def refuse_existing_run(out: str | Path, api: str) -> None:
+    """A fresh run must not overwrite one: ``FileExistsError`` when ``out`` holds a ``last.pt``
+    (``api``: the Python call that resumes it, e.g. ``"fit"``)."""
+    if (Path(out) / "last.pt").exists():
+        raise FileExistsError(
+            f"{out} already holds a run (last.pt); continue it with --resume {out} "
+            f"(Python: {api}(resume=...)) or choose another --out"
+        )
+
+
+def resumable_config(run_dir: Path, what: str = "a run folder") -> Path:
+    """``RUN_DIR/config.yaml`` of a run that can be resumed; ``FileNotFoundError`` saying which of config.yaml
+    and last.pt is missing (``what`` names the kind of run folder expected)."""
+    cfg_path, last = run_dir / "config.yaml", run_dir / "last.pt"
+    if not cfg_path.is_file() or not last.is_file():
+        raise FileNotFoundError(
+            f"expected {what} with config.yaml and last.pt to resume, got {run_dir} "
+            f"(config.yaml {'found' if cfg_path.is_file() else 'missing'}, last.pt "
+            f"{'found' if last.is_file() else 'missing'}); a run killed during its first epoch has nothing "
+            "to resume: start it again"
+        )
+    return cfg_path

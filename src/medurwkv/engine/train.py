@@ -45,7 +45,7 @@ from .config import (
     save_yaml_config,
 )
 from .distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
-from .run_files import RunLog, start_run, write_metrics_csv
+from .run_files import RunLog, refuse_existing_run, resumable_config, start_run, write_metrics_csv
 from .train_data import make_loaders, prepare_data
 from .train_loop import (
     PolyWarmup,
@@ -236,24 +236,13 @@ def _fresh_config(config: Any, net: nn.Module | None, overrides: dict[str, Any])
         out=str(Path(cfg.out).expanduser().resolve()),
         split_file=str(Path(cfg.split_file).expanduser().resolve()) if cfg.split_file else None,
     )
-    if (Path(cfg.out) / "last.pt").exists():
-        raise FileExistsError(
-            f"{cfg.out} already holds a run (last.pt); continue it with --resume {cfg.out} "
-            "(Python: fit(resume=...)) or choose another --out"
-        )
+    refuse_existing_run(cfg.out, "fit")
     return cfg
 
 
 def _resume_config(run_dir: Path, config: Any, overrides: dict[str, Any]) -> TrainConfig:
     """The run's saved config; only options that do not change results may be overridden."""
-    cfg_path, last = run_dir / "config.yaml", run_dir / "last.pt"
-    if not cfg_path.is_file() or not last.is_file():
-        raise FileNotFoundError(
-            f"expected a run folder with config.yaml and last.pt to resume, got {run_dir} "
-            f"(config.yaml {'found' if cfg_path.is_file() else 'missing'}, last.pt "
-            f"{'found' if last.is_file() else 'missing'}); a run killed during its first "
-            "epoch has nothing to resume: start it again"
-        )
+    cfg_path = resumable_config(run_dir)
     saved = TrainConfig.from_dict(load_yaml_config(cfg_path), source=str(cfg_path))
     asked = {**as_options(config), **{k: v for k, v in overrides.items() if v is not None}}
     cfg = resume_changes(saved, asked, run_dir)
