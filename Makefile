@@ -29,6 +29,8 @@ test: lint
 	$(PY) -m pytest -q
 
 # The main job: prepare HC18 -> split by exam -> train med_urwkv_t -> evaluate -> predict -> report.
+# It trains from scratch (the demo's pretrained: false, medurwkv.pipeline.DEMO_TRAINING): nothing is downloaded
+# for the model, unlike `medurwkv train`, whose default loads the model's official release.
 # Data: $$MEDURWKV_DATA/hc18 when MEDURWKV_DATA is set; otherwise pass DEMO_ARGS=--download to fetch the
 # official archive (checksum-verified) on request.
 demo: $(VENV)/.installed

@@ -52,6 +52,7 @@ def main() -> None:
             out=str(out / name),
             split_file=str(split_file),
             model=name,
+            pretrained=False,  # from scratch, as docs/results_hc18.md reports (the default would load a release)
             img_size=args.img_size,
             epochs=args.epochs,
             batch_size=args.batch_size,

@@ -59,6 +59,7 @@ def main() -> None:
                 out=str(out / name),
                 split_file=str(split_file),
                 model=name,
+                pretrained=False,  # from scratch, as docs/results_hippocampus.md reports
                 img_size=args.img_size,
                 epochs=args.epochs,
                 max_train_batches=args.steps,

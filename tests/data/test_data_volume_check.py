@@ -205,7 +205,8 @@ def test_train_refuses_a_volume_dataset_with_errors_naming_the_case(tmp_path, ca
     root = make_cases(tmp_path / "d")
     save_nifti(root / "labelsTr" / "p01.nii.gz", np.zeros((3, 3, 3), np.uint8))  # not the image's shape
     run = tmp_path / "run"
-    assert main(["train", "--data", str(root), "--out", str(run)]) == 2
+    # --pretrained false: the default med_urwkv_t would fetch its official release before the data check
+    assert main(["train", "--data", str(root), "--out", str(run), "--pretrained", "false"]) == 2
     err = capsys.readouterr().err
     assert "medurwkv train: error:" in err and "case 'p01'" in err and "training refused" in err
     assert not list(run.glob("*.pt")) and not (root / "splits.json").exists()

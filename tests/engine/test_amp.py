@@ -275,6 +275,7 @@ def test_fit_one_epoch_with_amp(
             out=tmp_path / "run",
             model="med_urwkv_t",
             model_kwargs=TINY_URWKV,
+            pretrained=False,  # from scratch: no test downloads the official release
             device=device,
             amp=True,
             amp_dtype=name,

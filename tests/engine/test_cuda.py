@@ -58,6 +58,7 @@ def test_fit_on_cuda_with_amp_and_reload_on_cpu(amp_dtype: str, tmp_path: Path):
         out=tmp_path / "run",
         model="med_urwkv_t",
         model_kwargs=TINY_URWKV,
+        pretrained=False,  # from scratch: no test downloads the official release
         device="cuda",
         amp=True,
         amp_dtype=amp_dtype,
@@ -97,7 +98,9 @@ def _batch(seed: int, n: int = 4, size: int = 32) -> dict:
 def _three_steps(info: DistInfo, amp: bool) -> tuple[list[float], Any, list[str]]:
     """Three optimizer steps of the tiny Med-URWKV-T on cuda:0 under ``info``: the losses (sums over the
     batch), the trainer and its log lines."""
-    cfg = TrainConfig(model="med_urwkv_t", model_kwargs=TINY_URWKV, sync_bn=True, amp=amp, lr=1e-3)
+    cfg = TrainConfig(
+        model="med_urwkv_t", model_kwargs=TINY_URWKV, pretrained=False, sync_bn=True, amp=amp, lr=1e-3
+    )
     torch.manual_seed(0)
     model = create_model("med_urwkv_t", in_channels=1, num_classes=2, **TINY_URWKV)
     lines: list[str] = []

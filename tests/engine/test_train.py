@@ -306,6 +306,7 @@ def test_from_scratch_freezes_nothing(disks: Path, tmp_path: Path):
             data=disks,
             out=tmp_path / "run",
             epochs=1,
+            pretrained=False,
             freeze_encoder_epochs=5,
             max_train_batches=2,
             max_val_batches=1,

@@ -69,6 +69,7 @@ def hc18_run(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     run = root / "run"
     args = [
         "--data", str(data), "--out", str(run), "--model", "med_urwkv_t", "--model-kwargs", json.dumps(TINY_URWKV),
+        "--pretrained", "false",
         "--img-size", "64", "--epochs", str(EPOCHS), "--batch-size", "8", "--lr", "3e-3", "--warmup-epochs", "0.5",
         "--no-augment", "--val-fraction", "0.2", "--test-fraction", "0.2", "--num-workers", "0", "--no-progress",
     ]  # fmt: skip

@@ -18,7 +18,8 @@ def register(subparsers: Any) -> None:
         "evaluate",
         help="metrics of a checkpoint on a dataset split (per-image CSV, summary JSON/Markdown, overlays)",
         description="Predict every image of a split and score it against the original masks at the original "
-        "resolution (HD95/ASSD in mm when the dataset gives a pixel spacing). Writes to "
+        "resolution (HD95/ASSD in mm when the dataset gives a pixel spacing), with the checkpoint's "
+        "post-processing applied (see --no-postprocess). Writes to "
         "RUN_DIR/eval/<split>/ when the checkpoint is in a run folder, else to --out.",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint .pt, run folder (best.pt) or exported .onnx")
@@ -65,5 +66,6 @@ def run(args: argparse.Namespace) -> int:
         thumbnails=not args.no_thumbnails,
         report=not args.no_report,
         progress=not args.quiet,
+        postprocess=not args.no_postprocess,
     )
     return 0

@@ -26,7 +26,8 @@ def positive_int(s: str) -> int:
 
 
 def add_inference_arguments(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``predict`` and ``evaluate`` (inference mode, TTA, batch size, device)."""
+    """Options shared by ``predict`` and ``evaluate`` (inference mode, TTA, batch size, post-processing,
+    device)."""
     p.add_argument("--tta", action="store_true", help="average softmax over flips (h, v, hv) (4x slower)")
     p.add_argument(
         "--native",
@@ -45,6 +46,12 @@ def add_inference_arguments(p: argparse.ArgumentParser) -> None:
         "--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)"
     )
     p.add_argument("--batch-size", type=positive_int, default=4, help="images or windows per forward pass")
+    p.add_argument(
+        "--no-postprocess",
+        action="store_true",
+        help="do not apply the checkpoint's post-processing (largest connected component per class, chosen on "
+        "the validation split after training); label maps as the model predicts them",
+    )
     p.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available, else cpu)"
     )
@@ -88,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter.from_checkpoint(args.ckpt, device=resolve_device(args.device))
     mode_line = segmenter.describe_mode(native=args.native, window=window, tta=args.tta)
     print(f"model: {segmenter}")
+    print(f"post-processing: {segmenter.describe_postprocess(not args.no_postprocess)}")
     if segmenter.preprocess.get("volume") is not None:  # trained on volumes: NIfTI in, NIfTI out
         summary = _predict_volumes(segmenter, args, window)
     else:
@@ -117,7 +125,13 @@ def _predict_volumes(segmenter: Any, args: argparse.Namespace, window: Any) -> A
             "training); drop them"
         )
     return predict_volumes(
-        segmenter, args.input, args.out, tta=args.tta, batch_size=args.batch_size, progress=not args.quiet
+        segmenter,
+        args.input,
+        args.out,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        postprocess=not args.no_postprocess,
     )
 
 
@@ -137,4 +151,5 @@ def _predict_images(segmenter: Any, args: argparse.Namespace, window: Any) -> An
         overlay=not args.no_overlay,
         overlay_mode=args.overlay_mode,
         progress=not args.quiet,
+        postprocess=not args.no_postprocess,
     )

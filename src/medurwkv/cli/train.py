@@ -15,8 +15,9 @@ from typing import Any
 from ..engine.config import CLI_ONLY_OPTIONS, OptionSpec, train_options
 
 DESCRIPTION = (
-    "Train Med-URWKV (or another registered model) on DATA. Options come from the defaults, then --config YAML, "
-    "then these flags. Writes RUN_DIR/{config.yaml,best.pt,last.pt,metrics.csv,tb/}, then evaluates best.pt and "
+    "Train Med-URWKV (or another registered model) on DATA. A model with an official release starts from it "
+    "(--pretrained auto, downloaded once; --pretrained false trains from scratch). Options come from the "
+    "defaults, then --config YAML, then these flags. Writes RUN_DIR/{config.yaml,best.pt,last.pt,metrics.csv,tb/}, then evaluates best.pt and "
     "writes report.html. Multi-GPU: torchrun --nproc_per_node N -m medurwkv.cli train ... (see docs/training.md)."
 )
 

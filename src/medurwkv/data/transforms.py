@@ -21,8 +21,9 @@ Pipeline for every image (train, val, test, predict)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import albumentations as A
 import cv2
@@ -32,6 +33,7 @@ import torch
 from ..errors import UserError
 
 __all__ = [
+    "AugmentConfig",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "NORMALIZE_MODES",
@@ -151,6 +153,37 @@ class AugmentConfig:
     brightness_contrast: float = 0.5
     brightness: float = 0.2
     contrast: float = 0.2
+
+    def scaled(self, strength: float) -> AugmentConfig:
+        """This augmentation at ``strength`` s > 0 (``--augment-strength``); s = 1 returns it unchanged.
+
+        * rotation and shift ranges x s (at most 180 degrees and half the size);
+        * the zoom range ``scale`` and the crop-area range ``crop_scale`` to the power s: both are factors
+          around 1, so the power scales their log range and they stay positive (s = 2: zoom 0.72-1.32, crop
+          area 25-100 %; s = 0.5: 0.92-1.07, 71-100 %);
+        * brightness and contrast limits x s (at most 1 and 0.9: the contrast factor 1 +- c stays positive);
+        * the probabilities of the affine warp, the random resized crop and the jitter x s (at most 1);
+        * the flips keep p = 0.5: it is already the most varied choice, and a flip changes no intensity or shape.
+        """
+        if not (isinstance(strength, (int, float)) and math.isfinite(strength) and strength > 0):
+            raise UserError(
+                f"expected an augmentation strength > 0 (1.0: the default augmentation), got {strength!r}"
+            )
+        if strength == 1:
+            return self  # exactly the default numbers, not a recomputation that could round differently
+        s = float(strength)
+        return replace(
+            self,
+            affine=min(1.0, self.affine * s),
+            scale=(self.scale[0] ** s, self.scale[1] ** s),
+            rotate=min(180.0, self.rotate * s),
+            translate=min(0.5, self.translate * s),
+            resized_crop=min(1.0, self.resized_crop * s),
+            crop_scale=(self.crop_scale[0] ** s, self.crop_scale[1] ** s),
+            brightness_contrast=min(1.0, self.brightness_contrast * s),
+            brightness=min(1.0, self.brightness * s),
+            contrast=min(0.9, self.contrast * s),
+        )
 
 
 def _train_geometry(

@@ -4,9 +4,12 @@ Layout (``format = "medurwkv-checkpoint-v1"``)::
 
     {"format", "version", "model": {"name", "kwargs"}, "state_dict", "preprocess": {...},
      "train_config", "epoch", "global_step", "metrics", "best_metric", "best_epoch", "monitor", "history",
-     "split", "optimizer", "scheduler", "scaler", "rng", "world_size"}
+     "split", "optimizer", "scheduler", "scaler", "rng", "world_size", "postprocess"}
 
 The training part (from ``train_config`` on) is written and read back in one place, :class:`TrainState`.
+``postprocess`` (only in ``best.pt``, absent from older checkpoints) is the post-processing decision chosen on the
+validation split after training (:mod:`medurwkv.engine.postprocess`, JSON dict), written by
+:func:`store_postprocess`; predict and evaluate apply it.
 Files are written atomically (temporary file in the same folder, fsync, rename), so a run killed at any moment
 leaves either the previous or the new checkpoint, never a truncated one (docs/training.md, "Resume").
 """
@@ -34,6 +37,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "load_model",
+    "store_postprocess",
     "atomic_torch_save",
     "rng_state",
     "set_rng_state",
@@ -97,12 +101,25 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model described by a checkpoint, load its weights, move it to ``device``, eval mode."""
-    from ..models import create_model
+    from ..models.builder import model_from_spec
 
     ckpt = load_checkpoint(path, map_location="cpu")
-    model = create_model(ckpt["model"]["name"], **ckpt["model"]["kwargs"])
+    model = model_from_spec(ckpt["model"])  # the config in the file, not today's registry defaults
     model.load_state_dict(ckpt["state_dict"], strict=True)
     return model.to(device).eval(), ckpt
+
+
+def store_postprocess(path: str | Path, decision: Mapping[str, Any] | None) -> Path:
+    """Write ``decision`` (a post-processing decision's JSON dict; ``None`` removes it) into the checkpoint at
+    ``path`` under the top-level key ``postprocess``, atomically; the rest of the file is kept as it was."""
+    if Path(path).is_dir():
+        raise UserError(f"expected a checkpoint file to store the post-processing in, got the folder {path}")
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if decision is None:
+        ckpt.pop("postprocess", None)
+    else:
+        ckpt["postprocess"] = dict(decision)
+    return atomic_torch_save(ckpt, path)
 
 
 # ---------------------------------------------------------------------------------------- training state

@@ -19,12 +19,14 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import UserError
+from ..errors import DownloadError, UserError
 from ..utils import atomic_write_text
 
 __all__ = [
@@ -41,7 +43,13 @@ __all__ = [
     "load_yaml_config",
     "save_yaml_config",
     "parse_pretrained",
+    "PRETRAINED_AUTO",
+    "effective_pretrained",
+    "resolve_pretrained",
 ]
+
+# The default of ``pretrained``: the model's official release when it has one (Med-URWKV, VRWKV), else none
+PRETRAINED_AUTO = "auto"
 
 
 # ---------------------------------------------------------------------------------------- command-line types
@@ -357,6 +365,13 @@ class TrainConfig(OptionTable):
     augment: bool = _opt(
         True, "flips / affine / crop / mild intensity augmentation of the training split [ours]"
     )
+    augment_strength: float = _opt(
+        1.0,
+        "strength s > 0 of that augmentation: rotation, shift and brightness / contrast ranges x s, zoom and "
+        "crop-area ranges to the power s, affine / crop / jitter probabilities x s (at most 1); flips stay "
+        "at p 0.5. 1.0 is the default augmentation; --no-augment turns it off [ours]",
+        metavar="S",
+    )
     limit: int | None = _opt(
         None, "use only the first N images (cases, for volumes) of each split (smoke runs)"
     )
@@ -391,11 +406,13 @@ class TrainConfig(OptionTable):
     # --- model
     model: str = _opt("med_urwkv_t", "registered model name (`medurwkv models` lists them)")
     pretrained: bool | str = _opt(
-        False,
-        "false, true (the model's official release) or a local path / URL of weights, or an encoder.pt of "
-        "`medurwkv pretrain`",
+        PRETRAINED_AUTO,
+        "auto (true when the model has an official release, else false) [paper], true (the model's official "
+        "release, downloaded once into the cache), false (random init, from scratch), a local path / URL of "
+        "weights, or an encoder.pt of `medurwkv pretrain`; config.yaml records the value used",
         parse=str,
-        metavar="True|False|PATH|URL",
+        metavar="auto|true|false|PATH|URL",
+        shown="auto (true for models with an official release)",
     )
     model_kwargs: dict[str, Any] = _opt(
         factory=dict,
@@ -478,6 +495,16 @@ class TrainConfig(OptionTable):
                 raise bad(name, ">= 0")
         if not self.encoder_lr_scale > 0:
             raise bad("encoder_lr_scale", "> 0 (1.0 = same lr as the decoder)")
+        strength = self.augment_strength
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not strength > 0:
+            raise bad(
+                "augment_strength",
+                "to be a number > 0 (1.0: the default augmentation; --no-augment turns augmentation off)",
+            )
+        if not math.isfinite(strength):
+            raise bad("augment_strength", "to be a finite number > 0 (1.0: the default augmentation)")
+        if not (isinstance(self.pretrained, bool) or (isinstance(self.pretrained, str) and self.pretrained)):
+            raise bad("pretrained", "to be auto, true, false or a path / URL of weights")
         if self.target_spacing is not None and not self.target_spacing > 0:
             raise bad("target_spacing", "> 0 (mm) or null")
         if not 0 <= self.foreground_oversample <= 1:
@@ -553,7 +580,8 @@ def _check_keys(d: Mapping[str, Any], source: str) -> None:
 
 
 def parse_pretrained(v: Any) -> bool | str:
-    """``True``/``False``/path/URL from a YAML value or a CLI string ('true', 'false', 'none', a path)."""
+    """``True``/``False``/``"auto"``/path/URL from a YAML value or a CLI string ('true', 'false', 'none',
+    'auto', a path; a file named ``auto`` is ``./auto``)."""
     if isinstance(v, bool):
         return v
     if v is None:
@@ -565,6 +593,8 @@ def parse_pretrained(v: Any) -> bool | str:
         return True
     if s.lower() in ("false", "no", "0", "none", "null", ""):
         return False
+    if s.lower() == PRETRAINED_AUTO:
+        return PRETRAINED_AUTO
     return s
 
 
@@ -651,6 +681,79 @@ def resolve_config(
     return TrainConfig.from_dict(merged, source="config")
 
 
+def effective_pretrained(model: str, pretrained: bool | str) -> bool | str:
+    """What ``pretrained`` means for ``model``: ``"auto"`` is True when the model's registry entry names an
+    official release (the Med-URWKV and VRWKV models) and False otherwise (``unet``, ``monai_unet``, ...);
+    any other value is returned as it is. Pure: nothing is read or downloaded."""
+    if pretrained != PRETRAINED_AUTO:
+        return pretrained
+    from ..models import get_model_entry  # the package: importing it registers every model
+
+    return get_model_entry(model).pretrained is not None
+
+
+def resolve_pretrained(cfg: TrainConfig, *, net_given: bool = False) -> TrainConfig:
+    """``cfg`` with ``pretrained`` resolved, once, at the start of a fresh run (``fit``), so that the model
+    building, the freezing policy, the default normalisation and ``config.yaml`` all see what is used:
+
+    * ``"auto"`` becomes True or False (:func:`effective_pretrained`); with a model passed to ``fit(net=...)``
+      it becomes False: nothing is loaded into that model, and its encoder counts as pretrained (frozen first)
+      only when ``pretrained=True`` says so.
+    * The weights must be at hand before any work starts: an official release (True) or a URL is fetched into
+      the cache now (a file already there is used offline), a local path must exist. Otherwise a
+      :class:`UserError` names the URL, the cache path to copy the file to, ``--pretrained PATH`` and
+      ``--pretrained false``. Under torchrun only rank 0 fetches; the others load after it (``build_model``).
+      A missing data folder is left to the data check, which reports it first.
+    """
+    asked = cfg.pretrained
+    if net_given:
+        value: bool | str = False if asked == PRETRAINED_AUTO else asked
+    else:
+        value = effective_pretrained(cfg.model, asked)
+        main_rank = os.environ.get("RANK", "0") == "0"
+        if value is not False and main_rank and cfg.data and Path(cfg.data).exists():
+            _check_weights(cfg.model, value, auto=asked == PRETRAINED_AUTO, progress=cfg.progress)
+    return cfg if value is asked else cfg.replace(pretrained=value)
+
+
+def _check_weights(model: str, pretrained: bool | str, *, auto: bool, progress: bool) -> None:
+    """Fetch the weights ``pretrained`` names (True: ``model``'s release) into the cache, or raise UserError."""
+    from ..models import get_model_entry
+    from ..models.pretrained import CheckpointNotFoundError, fetch_weights, is_url, weights_cache_path
+
+    sha256 = None
+    if pretrained is True:
+        release = get_model_entry(model).pretrained
+        if release is None:
+            raise UserError(
+                f"expected a model with an official release for --pretrained true, got {model!r} which has "
+                "none; pass --pretrained PATH (your own weights) or --pretrained false to train from scratch"
+            )
+        url, sha256 = release.url, release.sha256
+        flag = "auto (the default)" if auto else "true"
+        what = f"--pretrained {flag} loads the official release of {model}, {release.file}"
+    elif is_url(str(pretrained)):
+        url, what = str(pretrained), f"--pretrained {pretrained} names weights to download"
+    else:
+        if not Path(str(pretrained)).expanduser().is_file():
+            raise CheckpointNotFoundError(
+                f"expected --pretrained PATH to be a weights file, got {str(pretrained)!r} which does not "
+                "exist; fix the path, or pass --pretrained false to train from scratch"
+            )
+        return
+    dest = weights_cache_path(url)
+    try:
+        fetch_weights(url, sha256=sha256, progress=progress)
+    except DownloadError as e:
+        cached = "fails its sha256 check" if dest.is_file() else "does not exist"
+        reason = " ".join(str(e.__cause__ or e).split())  # one line, whatever the network error says
+        raise UserError(
+            f"{what}: expected it in the cache or downloadable, got neither: {dest} {cached} and downloading "
+            f"{url} failed ({reason}). Copy the file to {dest}, or pass --pretrained PATH (a local copy of "
+            "the weights), or --pretrained false to train from scratch"
+        ) from e
+
+
 def resume_changes(saved: TrainConfig, asked: Mapping[str, Any], run_dir: Path) -> TrainConfig:
     """``saved`` (a run's config) with the ``asked`` options that may change on resume; raise on any other
     option that differs from the saved value (it would change the numbers of the run)."""
@@ -671,4 +774,7 @@ def resume_changes(saved: TrainConfig, asked: Mapping[str, Any], run_dir: Path) 
             f"--resume continues {run_dir} with its saved config; these options differ: {'; '.join(conflicts)}. "
             f"Only {sorted(RESUME_OVERRIDABLE)} may change on resume; start a new run (--out) to change others"
         )
+    # a run's config.yaml records the pretrained value used; "auto" only in a hand-written one (nothing is
+    # loaded on resume: last.pt has the weights, the value only decides the freezing of the first epochs)
+    changes["pretrained"] = effective_pretrained(saved.model, saved.pretrained)
     return saved.replace(**changes, out=str(run_dir))

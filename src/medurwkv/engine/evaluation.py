@@ -11,8 +11,14 @@ lies in a run folder)::
     per_image.csv  summary.json  summary.md  cases/{best,median,worst}_<id>.png
 
 ``summary.json`` is ``MetricAccumulator.summary()`` plus an ``"evaluation"`` block (checkpoint, data, split,
-split file and checksum, inference mode). When the output lies in the run folder, the run's ``report.html`` is
-rebuilt afterwards. The command line is ``medurwkv/cli/evaluate.py``.
+split file and checksum, inference mode, post-processing). When the output lies in the run folder, the run's
+``report.html`` is rebuilt afterwards. The command line is ``medurwkv/cli/evaluate.py``.
+
+Post-processing (:mod:`medurwkv.engine.postprocess`): the label maps are scored with the checkpoint's decision
+applied (``postprocess=False`` / ``--no-postprocess``: as the model predicted them). With
+``choose_postprocess=True`` (what ``fit`` does on the validation split) the decision is chosen on this split's
+raw predictions first, then applied; it is returned in ``summary["evaluation"]["postprocess_decision"]``. Every
+case is therefore predicted first (label maps kept zlib-compressed) and scored afterwards.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import json
 import sys
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +37,7 @@ import numpy as np
 from ..data.volumes import is_volume_dataset
 from ..errors import UserError
 from ..utils import atomic_write_text, progress_bar
+from .postprocess import PostprocessDecision, apply_postprocess, choose_postprocess
 from .predict import Segmenter
 from .report import RUN_MARKERS
 
@@ -48,9 +55,55 @@ def _compress_labels(labels: np.ndarray) -> _Compressed:
     return zlib.compress(a.tobytes(), 1), a.shape, a.dtype.str
 
 
-def _decompress_labels(blob: _Compressed) -> np.ndarray:
+def _decompress_labels(blob: _Compressed, as_int64: bool = True) -> np.ndarray:
     data, shape, dtype = blob
-    return np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype)).reshape(shape).astype(np.int64)
+    a = np.frombuffer(zlib.decompress(data), dtype=np.dtype(dtype)).reshape(shape)
+    return a.astype(np.int64) if as_int64 else a.copy()
+
+
+class _LazyMaps(Sequence[np.ndarray]):
+    """Label maps decompressed one at a time on access, so choosing the post-processing never holds a whole
+    split's maps (e.g. volumes) uncompressed at once."""
+
+    def __init__(self, ids: list[str], blob: Callable[[str], _Compressed]) -> None:
+        self.ids, self.blob = ids, blob
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return _decompress_labels(self.blob(self.ids[i]), as_int64=False)  # stored dtype (uint8 mostly)
+
+
+def _postprocess_for(
+    seg: Segmenter,
+    cases: dict[str, tuple[_Compressed, _Compressed]],
+    *,
+    enabled: bool,
+    choose: bool,
+) -> tuple[PostprocessDecision | None, dict[str, Any]]:
+    """The decision to score with (chosen on ``cases``: id -> (raw prediction, reference), or the model's),
+    and the ``"evaluation"`` fields that record it."""
+    if choose:
+        ids = list(cases)
+        decision: PostprocessDecision | None = choose_postprocess(
+            _LazyMaps(ids, lambda c: cases[c][0]), _LazyMaps(ids, lambda c: cases[c][1]), seg.num_classes
+        )
+        source = "chosen on this split"
+    elif seg.postprocess is None:
+        decision, source = None, "none in the checkpoint"
+    elif not enabled:
+        decision, source = None, "off (postprocess=False / --no-postprocess)"
+    else:
+        decision, source = seg.postprocess, "from the checkpoint"
+    text = source if decision is None else f"{source}: {decision.describe(seg.class_names)}"
+    return decision, {
+        "postprocess_applied": decision is not None and decision.active,
+        "postprocess": text,
+        "postprocess_decision": decision.to_dict() if decision is not None else None,
+    }
 
 
 def run_dir_of(path: str | Path | None) -> Path | None:
@@ -172,6 +225,8 @@ def evaluate(
     report: bool = True,
     progress: bool = True,
     verbose: bool = True,
+    postprocess: bool = True,
+    choose_postprocess: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (``.pt``, run folder or ``.onnx``) or a :class:`Segmenter` on a dataset split.
 
@@ -193,9 +248,16 @@ def evaluate(
         thumbnails: write ``cases/{best,median,worst}_<id>.png`` (prediction vs ground truth).
         report: rebuild ``RUN_DIR/report.html`` when the output lies in the run folder.
         progress, verbose: progress bar; print the Markdown table and headline Dice.
+        postprocess: score the label maps with the checkpoint's post-processing decision applied (when it
+            has one); ``False`` scores them as predicted.
+        choose_postprocess: choose the decision on this split's predictions (which should then be the
+            validation split) and score with it applied, whatever ``postprocess`` says; ``fit`` stores it in
+            best.pt.
 
     Returns:
-        the summary dict written to ``summary.json`` (``MetricAccumulator.summary()`` + ``"evaluation"``).
+        the summary dict written to ``summary.json`` (``MetricAccumulator.summary()`` + ``"evaluation"``, whose
+        ``postprocess_applied``, ``postprocess`` (one line) and ``postprocess_decision`` (the decision's dict,
+        or ``None``) say what post-processing the scores include).
 
     Raises:
         UserError: a wrong checkpoint, dataset, split or option (see :meth:`Segmenter.from_checkpoint` and
@@ -237,6 +299,8 @@ def evaluate(
             progress=progress,
             verbose=verbose,
             t0=t0,
+            postprocess=postprocess,
+            choose=choose_postprocess,
         )
     if seg.preprocess.get("volume") is not None:
         raise UserError(
@@ -262,7 +326,9 @@ def evaluate(
     if verbose:
         print(f"evaluating {seg} on {len(ids)} images of {data_root} (split {split}); mode: {mode_line}")
     acc = MetricAccumulator(seg.num_classes, seg.class_names, include_background=include_background)
-    preds: dict[str, Any] = {}  # id -> compressed label map, for the thumbnails
+    # id -> (raw prediction, mask), compressed: every image is predicted before any is scored, since choosing
+    # the post-processing needs them all
+    raw: dict[str, tuple[_Compressed, _Compressed]] = {}
     bs = max(1, int(batch_size))
     bar = progress_bar(total=len(ids), desc=f"evaluate {split}", unit="img", progress=progress)
     for start in range(0, len(ids), bs):
@@ -280,10 +346,16 @@ def evaluate(
                     f"image {index.image_path(cid)} is {labels.shape} but its mask "
                     f"{index.mask_paths[cid]} is {gt.shape}; image and mask must have the same size"
                 )
-            acc.add(cid, labels, gt, spacing=index.spacing.get(cid))
-            preds[cid] = _compress_labels(labels)
+            raw[cid] = (_compress_labels(labels), _compress_labels(gt))
             bar.update(1)
     bar.close()
+    decision, pp_fields = _postprocess_for(seg, raw, enabled=postprocess, choose=choose_postprocess)
+    preds: dict[str, _Compressed] = {}  # id -> the label map scored, for the thumbnails
+    for cid in ids:
+        labels = apply_postprocess(_decompress_labels(raw[cid][0]), decision)
+        acc.add(cid, labels, _decompress_labels(raw[cid][1]), spacing=index.spacing.get(cid))
+        preds[cid] = _compress_labels(labels) if decision is not None else raw[cid][0]
+    del raw
 
     summary = acc.summary()
     _write_summary(
@@ -300,6 +372,7 @@ def evaluate(
         overlap=overlap if mode == "window" else None,
         resolution="original image size (predictions resized back before scoring)",
         spacing_source="dataset spacing CSV" if summary["distance_unit"] == "mm" else None,
+        **pp_fields,
     )
 
     if thumbnails:
@@ -311,6 +384,7 @@ def evaluate(
             gts=index.load_mask,
         )
     if verbose:
+        print(f"post-processing: {pp_fields['postprocess']}")
         print(summary_markdown(summary, title=f"{split} ({len(ids)} images)"))
         hl = summary["headline"]["value"]
         print(
@@ -427,8 +501,11 @@ def _evaluate_volumes(
     progress: bool,
     verbose: bool,
     t0: float,
+    postprocess: bool,
+    choose: bool,
 ) -> dict[str, Any]:
-    """``evaluate`` on a volume dataset: each case segmented slice by slice, scored in 3D per class."""
+    """``evaluate`` on a volume dataset: each case segmented slice by slice, scored in 3D per class (with the
+    post-processing applied to each whole volume)."""
     from ..data.volumes import discover_volumes, load_case
     from .metrics3d import VolumeMetrics, volume_summary_markdown
     from .visualize import save_volume_thumbnails
@@ -446,7 +523,9 @@ def _evaluate_volumes(
     if verbose:
         print(f"evaluating {seg} on {len(ids)} volumes of {data_root} (split {split}); mode: {mode_line}")
     acc = VolumeMetrics(seg.num_classes, seg.class_names, include_background=include_background)
-    kept: dict[str, tuple[_Compressed, _Compressed]] = {}  # case -> (pred, gt) for the thumbnails
+    # case -> (raw prediction, reference), compressed: all cases are segmented before any is scored
+    kept: dict[str, tuple[_Compressed, _Compressed]] = {}
+    spacings: dict[str, Any] = {}
     spacing_known = True
     for case in progress_bar(ids, desc=f"evaluate {split}", unit="vol", progress=progress):
         image, gt, ref = load_case(index, case)  # (C, X, Y, Z), (X, Y, Z), geometry
@@ -459,10 +538,18 @@ def _evaluate_volumes(
             tta=tta,
             batch_size=batch_size,
             name=f"case {case!r}",
+            postprocess=False,  # applied below, once the decision is known
         )
         spacing_known = spacing_known and ref.spacing_known
-        acc.add(case, pred, gt, spacing=ref.spacing if ref.spacing_known else None)
+        spacings[case] = ref.spacing if ref.spacing_known else None
         kept[case] = (_compress_labels(pred), _compress_labels(gt))
+    decision, pp_fields = _postprocess_for(seg, kept, enabled=postprocess, choose=choose)
+    for case in ids:
+        pred = apply_postprocess(_decompress_labels(kept[case][0]), decision)  # (X, Y, Z), 3D components
+        gt_blob = kept[case][1]
+        acc.add(case, pred, _decompress_labels(gt_blob), spacing=spacings[case])
+        if decision is not None:
+            kept[case] = (_compress_labels(pred), gt_blob)  # the thumbnails show what was scored
     summary = acc.summary()
     _write_summary(
         acc.write_outputs(out)["summary_json"],
@@ -477,6 +564,7 @@ def _evaluate_volumes(
         tta=bool(tta),
         resolution="each volume on its own voxel grid (slice predictions resized back before scoring)",
         spacing_source="NIfTI header" if spacing_known else None,
+        **pp_fields,
     )
     if thumbnails:
         save_volume_thumbnails(
@@ -488,6 +576,7 @@ def _evaluate_volumes(
             axis=spec.axis,
         )
     if verbose:
+        print(f"post-processing: {pp_fields['postprocess']}")
         print(volume_summary_markdown(summary, title=f"{split} ({len(ids)} volumes)"))
         hl = summary["headline"]["value"]
         print(

@@ -1,9 +1,10 @@
 """A checkpoint to a self-describing ONNX file that ``medurwkv predict`` can run (``medurwkv export``).
 
 The graph comes from :func:`medurwkv.models.export.export_onnx` (input ``image`` (B, C, H, W), output
-``logits`` (B, K, H, W)); this module adds the checkpoint's preprocessing and model spec to the file's metadata
-(:mod:`medurwkv.engine.onnx_metadata` owns that format), so that ``Segmenter.from_checkpoint("model.onnx")``
-preprocesses images exactly like the PyTorch checkpoint. By default batch, height and width are dynamic;
+``logits`` (B, K, H, W)); this module adds the checkpoint's preprocessing, model spec and post-processing
+decision to the file's metadata (:mod:`medurwkv.engine.onnx_metadata` owns that format), so that
+``Segmenter.from_checkpoint("model.onnx")`` preprocesses images and post-processes label maps exactly like the
+PyTorch checkpoint. By default batch, height and width are dynamic;
 ``dynamic=False`` (``--static``) fixes the input to ``size`` (then predict resizes to that size, or slides
 windows of that size at native resolution). The command line is ``medurwkv/cli/export.py``.
 

@@ -5,10 +5,12 @@
     {"format": "medurwkv-onnx-v1", "version": ..., "model": {"name", "kwargs"},
      "preprocess": {"in_channels", "img_size", "normalize", "num_classes", "class_names"},
      "pad_multiple": int, "pad_mode": str, "dynamic": bool, "input_size": [H, W], "opset": int,
-     "source_checkpoint": str, "epoch": int | null}
+     "source_checkpoint": str, "epoch": int | null, "postprocess": {...} | null}
 
 so that ``Segmenter.from_checkpoint("model.onnx")`` preprocesses, pads and crops images exactly like the
-PyTorch checkpoint it came from (docs/predict.md, "ONNX export").
+PyTorch checkpoint it came from, and post-processes its label maps the same way (``postprocess``: the
+checkpoint's decision, :mod:`medurwkv.engine.postprocess`; ``null`` or absent, as in files exported before it
+existed: none) (docs/predict.md, "ONNX export").
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def make_onnx_metadata(
         "opset": opset,
         "source_checkpoint": str(source),
         "epoch": checkpoint.get("epoch"),
+        "postprocess": checkpoint.get("postprocess"),  # a JSON dict already (or None)
     }
 
 

@@ -19,6 +19,11 @@ Inference modes (see docs/predict.md):
   Gaussian weighting of overlapping windows (``overlap``), for images larger than what the model saw.
 
 ``tta=True`` averages the softmax over the identity and the horizontal, vertical and both flips.
+
+Post-processing: a checkpoint trained by ``medurwkv train`` carries the decision chosen on its validation split
+(``ckpt["postprocess"]``, or the ONNX metadata's ``postprocess``; :mod:`medurwkv.engine.postprocess`): per class,
+keep the largest connected component (and fill its holes). The label maps returned and written here have it
+applied unless ``postprocess=False``; probabilities are always the model's own.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from ..models.base import SegmentationModel
 from ..utils import progress_bar
 from .backends import Backend, OnnxBackend, TorchBackend
 from .onnx_metadata import CHECKPOINT_EXPECTED, ONNX_METADATA_KEY, pad_settings, read_onnx_metadata
+from .postprocess import PostprocessDecision, apply_postprocess, as_decision
 from .predict_io import collect_inputs, is_pathlike, split_input, unique_stems, write_npy, write_png
 
 __all__ = [
@@ -124,7 +130,9 @@ class Segmenter:
     """A trained segmentation model plus its preprocessing; ``predict`` maps images to same-size label maps.
 
     Build it with :meth:`from_checkpoint` (``.pt`` file, run folder or exported ``.onnx``) or
-    :meth:`from_model` (an in-memory model created with ``create_model``).
+    :meth:`from_model` (an in-memory model created with ``create_model``). ``postprocess`` is the checkpoint's
+    post-processing decision (a :class:`~medurwkv.engine.postprocess.PostprocessDecision`, its dict form, or
+    ``None`` for none), applied to the label maps by :meth:`postprocess_labels`.
     """
 
     def __init__(
@@ -135,6 +143,7 @@ class Segmenter:
         source: str | Path | None = None,
         model_spec: dict[str, Any] | None = None,
         checkpoint: dict[str, Any] | None = None,
+        postprocess: PostprocessDecision | dict[str, Any] | None = None,
     ) -> None:
         for key in ("in_channels", "normalize", "num_classes"):
             if key not in preprocess:
@@ -162,19 +171,35 @@ class Segmenter:
 
             names = default_class_names(self.num_classes)
         self.class_names: list[str] = [str(n) for n in names]
+        where = f"the post-processing of {self.source or 'the model'}"
+        #: the post-processing decision stored with the model (``None``: none, e.g. an older checkpoint)
+        self.postprocess: PostprocessDecision | None = as_decision(postprocess, where)
+        if self.postprocess is not None:
+            self.postprocess.check_classes(self.num_classes, where)
 
     # ----- construction
 
     @classmethod
     def from_model(
-        cls, model: SegmentationModel, preprocess: dict[str, Any], device: str | torch.device = "cpu"
+        cls,
+        model: SegmentationModel,
+        preprocess: dict[str, Any],
+        device: str | torch.device = "cpu",
+        *,
+        postprocess: PostprocessDecision | dict[str, Any] | None = None,
     ) -> Segmenter:
-        """Wrap an in-memory model (e.g. during training) with its preprocessing dict.
+        """Wrap an in-memory model (e.g. during training) with its preprocessing dict (and optionally a
+        post-processing decision).
 
         The model is moved to ``device`` and put in eval mode (call ``model.train()`` again to keep training).
         """
         # model_spec is attached by create_model; a model built by hand (tests, notebooks) has none
-        return cls(TorchBackend(model, device), preprocess, model_spec=getattr(model, "model_spec", None))
+        return cls(
+            TorchBackend(model, device),
+            preprocess,
+            model_spec=getattr(model, "model_spec", None),
+            postprocess=postprocess,
+        )
 
     @classmethod
     def from_checkpoint(
@@ -209,7 +234,10 @@ class Segmenter:
             pad_multiple, pad_mode = pad_settings(meta)
             pre = dict(preprocess if preprocess is not None else meta["preprocess"])  # type: ignore[index]
             backend = OnnxBackend(p, device, pad_multiple=pad_multiple, pad_mode=pad_mode)
-            return cls(backend, pre, source=p, model_spec=(meta or {}).get("model"))
+            meta = meta or {}
+            return cls(
+                backend, pre, source=p, model_spec=meta.get("model"), postprocess=meta.get("postprocess")
+            )
         model, ckpt, src = load_inference_checkpoint(p, device)
         pre = dict(preprocess if preprocess is not None else ckpt.get("preprocess") or {})
         pre.setdefault("num_classes", int(model.num_classes))
@@ -219,7 +247,12 @@ class Segmenter:
             if k not in ("state_dict", "optimizer", "scheduler", "scaler", "rng")
         }
         return cls(
-            TorchBackend(model, device), pre, source=src, model_spec=ckpt.get("model"), checkpoint=info
+            TorchBackend(model, device),
+            pre,
+            source=src,
+            model_spec=ckpt.get("model"),
+            checkpoint=info,
+            postprocess=ckpt.get("postprocess"),  # absent from checkpoints older than post-processing
         )
 
     # ----- properties
@@ -280,6 +313,25 @@ class Segmenter:
         else:
             text = f"sliding window {size[0]}x{size[1]} at native resolution, Gaussian-weighted overlap"  # type: ignore[index]
         return text + (", TTA over flips (h, v, hv)" if tta else "")
+
+    # ----- post-processing
+
+    def postprocess_labels(self, labels: np.ndarray, enabled: bool = True) -> np.ndarray:
+        """``labels`` (a 2D label map or a 3D label volume) with the stored decision applied; unchanged when
+        ``enabled`` is False or the model has no decision."""
+        return (
+            apply_postprocess(labels, self.postprocess)
+            if enabled and self.postprocess is not None
+            else labels
+        )
+
+    def describe_postprocess(self, enabled: bool = True) -> str:
+        """One line saying which post-processing the label maps get (printed by the CLIs)."""
+        if self.postprocess is None:
+            return "none (the checkpoint holds no post-processing decision)"
+        if not enabled:
+            return "off (--no-postprocess / postprocess=False)"
+        return self.postprocess.describe(self.class_names)
 
     # ----- preprocessing
 
@@ -411,6 +463,7 @@ class Segmenter:
         overlap: float = 0.25,
         batch_size: int = 4,
         native: bool = False,
+        postprocess: bool = True,
     ) -> Any:
         """Segment one image or a batch; label maps have the size of each input image.
 
@@ -426,6 +479,8 @@ class Segmenter:
             overlap: window overlap fraction in ``[0, 1)``.
             batch_size: images (or windows) per forward pass.
             native: whole image at native resolution instead of resizing to the training ``img_size``.
+            postprocess: apply the checkpoint's post-processing decision to the label maps (when it has one;
+                the probabilities are not changed).
 
         Returns:
             one image: ``labels`` (H, W) int64, or ``(labels, probs)`` with ``return_probs``; a stacked array
@@ -445,7 +500,7 @@ class Segmenter:
         for p in self.predict_items(
             images, names, tta=tta, native=native, window=window, overlap=overlap, batch_size=batch_size
         ):
-            labels.append(p.argmax(0).numpy().astype(np.int64))
+            labels.append(self.postprocess_labels(p.argmax(0).numpy().astype(np.int64), postprocess))
             if return_probs:
                 probs.append(p.numpy())
         if kind == "single":
@@ -528,6 +583,7 @@ def predict_paths(
     overlay: bool = True,
     overlay_mode: str = "contour",
     progress: bool = True,
+    postprocess: bool = True,
 ) -> PredictSummary:
     """Predict image files and write, per image ``<stem>``, into ``out_dir``:
 
@@ -535,7 +591,9 @@ def predict_paths(
     0/255), ``<stem>_overlay.png`` (prediction drawn over the image) and, with ``save_probs``,
     ``<stem>_probs.npy`` ((num_classes, H, W) float32). Every file is written atomically. Unreadable files and
     files whose channels the model cannot take are recorded in ``summary.failed`` and skipped (with
-    ``progress``, also reported on stderr as they happen); the others are still written.
+    ``progress``, also reported on stderr as they happen); the others are still written. The label maps (and
+    the 0/255 masks and overlays drawn from them) have the checkpoint's post-processing applied unless
+    ``postprocess=False``; ``_probs.npy`` holds the model's probabilities.
     """
     from tqdm.auto import tqdm
 
@@ -565,7 +623,9 @@ def predict_paths(
             tqdm.write(f"skipped {name}: {msg}", file=sys.stderr)
 
     def write(path: Path, stem: str, image: np.ndarray, probs: Tensor) -> None:
-        labels = probs.argmax(0).numpy().astype(label_dtype)  # (H, W)
+        labels = segmenter.postprocess_labels(
+            probs.argmax(0).numpy().astype(label_dtype), postprocess
+        )  # (H, W)
         written = [write_png(out / f"{stem}.png", labels)]
         if segmenter.num_classes == 2:
             written.append(write_png(out / f"{stem}_255.png", (labels > 0).astype(np.uint8) * 255))

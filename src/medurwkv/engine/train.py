@@ -13,8 +13,9 @@ One run folder holds everything a run produces::
 
 :func:`fit` reads top to bottom: resolve the config, prepare the data once (``engine/train_data.py``), build the
 model, the optimizer and its schedule (``engine/train_loop.py``), then for each epoch train, validate and write
-the checkpoints (:class:`~medurwkv.engine.checkpoint.TrainState`); finally evaluate best.pt. The recipe and
-which defaults are the paper's are in docs/training.md.
+the checkpoints (:class:`~medurwkv.engine.checkpoint.TrainState`); finally choose best.pt's post-processing on
+the validation split, store it in best.pt, and evaluate best.pt with it. The recipe and which defaults are the
+paper's are in docs/training.md.
 
 Reproducibility: the data order of an epoch is ``DistributedSampler(seed, epoch)`` (also with one process),
 the augmentation of a sample is seeded from ``(seed, epoch, sample)`` by the dataset, and the global RNGs are
@@ -41,6 +42,7 @@ from .config import (
     as_options,
     load_yaml_config,
     resolve_config,
+    resolve_pretrained,
     resume_changes,
     save_yaml_config,
 )
@@ -237,7 +239,8 @@ def _fresh_config(config: Any, net: nn.Module | None, overrides: dict[str, Any])
         split_file=str(Path(cfg.split_file).expanduser().resolve()) if cfg.split_file else None,
     )
     refuse_existing_run(cfg.out, "fit")
-    return cfg
+    # once, before any work: "auto" -> True / False, and weights that cannot be had stop the run here
+    return resolve_pretrained(cfg, net_given=net is not None)
 
 
 def _resume_config(run_dir: Path, config: Any, overrides: dict[str, Any]) -> TrainConfig:
@@ -354,8 +357,17 @@ def _finish(
 def _final_evaluation(
     cfg: TrainConfig, run_dir: Path, used_ids: dict[str, list[str]], device: torch.device, log: RunLog
 ) -> tuple[dict[str, Any], Path | None]:
-    """Evaluate best.pt on val (and test) with engine.evaluate, then build report.html (both optional)."""
+    """Evaluate best.pt on val (and test) with engine.evaluate, then build report.html (both optional).
+
+    The validation evaluation also chooses best.pt's post-processing on the raw validation predictions
+    (``choose_postprocess``, engine/postprocess.py) and scores val with it; the decision is then written into
+    best.pt (key ``postprocess``), so the test evaluation, ``predict`` and ``export`` apply it too. Without
+    validation images, or when that evaluation fails, best.pt is left as it is (a best.pt written by this run's
+    epochs has no decision: no post-processing).
+    """
+    from .checkpoint import store_postprocess
     from .evaluation import evaluate
+    from .postprocess import PostprocessDecision
     from .report import build_report
 
     results: dict[str, Any] = {}
@@ -377,8 +389,15 @@ def _final_evaluation(
                 device=str(device),
                 progress=cfg.progress,
                 report=False,
+                choose_postprocess=name == "val",
             )
             results[name] = summary
+            if name == "val":
+                # test is evaluated after this, from best.pt: the decision must be in the file by then
+                decision = summary["evaluation"]["postprocess_decision"]
+                store_postprocess(best, decision)
+                for line in PostprocessDecision.from_dict(decision).log_lines(summary["class_names"]):
+                    log(line)
             log(f"evaluation of best.pt on {name}: Dice {_headline(summary, len(ids))}")
         except Exception as e:  # noqa: BLE001 - training succeeded; report the evaluation problem
             results[name] = f"error: {e}"

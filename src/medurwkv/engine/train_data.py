@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,7 +21,17 @@ from ..models.pretrained import default_normalization
 from .config import TrainConfig
 from .distributed import DistInfo, broadcast_object
 
-__all__ = ["PreparedData", "Loaders", "prepare_data", "make_loaders", "auto_in_channels"]
+if TYPE_CHECKING:  # albumentations is imported only when the loaders are built
+    from ..data.transforms import AugmentConfig
+
+__all__ = [
+    "PreparedData",
+    "Loaders",
+    "prepare_data",
+    "make_loaders",
+    "auto_in_channels",
+    "train_augmentation",
+]
 
 Log = Callable[[str], None]
 
@@ -270,6 +280,14 @@ def _index_like_main(cfg: TrainConfig, run_dir: Path, result: dict[str, Any], in
     return index
 
 
+def train_augmentation(cfg: TrainConfig) -> AugmentConfig | bool:
+    """The training split's augmentation: False without ``augment``, else the default augmentation at
+    ``augment_strength`` (1.0: exactly the default, :meth:`AugmentConfig.scaled`)."""
+    from ..data.transforms import AugmentConfig
+
+    return AugmentConfig().scaled(cfg.augment_strength) if cfg.augment else False
+
+
 def make_loaders(
     cfg: TrainConfig, data: PreparedData, info: DistInfo, *, pin_memory: bool = False
 ) -> Loaders:
@@ -292,6 +310,7 @@ def make_loaders(
         img_size=cfg.img_hw, in_channels=data.in_channels, normalize=data.normalize, seed=cfg.seed, fit=fit
     )
     train_ids, val_ids = ids["train"], ids["val"]
+    augment = train_augmentation(cfg)
     if data.volume is not None:  # ids are cases; the datasets hold their slices
         from ..data.volume_slices import VolumeSliceDataset
 
@@ -301,11 +320,11 @@ def make_loaders(
             train_ids,
             foreground_ratio=cfg.foreground_oversample,
             train=True,
-            augment=cfg.augment,
+            augment=augment,
             **common,
         )
     else:
-        train_ds = SegmentationDataset(data.index, train_ids, train=True, augment=cfg.augment, **common)
+        train_ds = SegmentationDataset(data.index, train_ids, train=True, augment=augment, **common)
     # Every process validates a disjoint share (no padding duplicates); sums are all-reduced.
     val_ids = val_ids[info.rank :: info.world_size]
     val_ds = (

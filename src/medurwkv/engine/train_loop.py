@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import UserError
 from .checkpoint import TrainState
-from .config import TrainConfig
+from .config import TrainConfig, effective_pretrained
 from .distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from .metrics import dice_per_image_torch
 from .train_data import Loaders, PreparedData
@@ -94,7 +94,8 @@ def build_model(cfg: TrainConfig, data: PreparedData, resuming: bool, info: Dist
                 f"--model-kwargs (it is set from the data){hint}"
             )
         kw[key] = value
-    pretrained = False if resuming else cfg.pretrained
+    # fit resolved "auto" already (config.resolve_pretrained); direct callers get the same meaning
+    pretrained = False if resuming else effective_pretrained(cfg.model, cfg.pretrained)
     if pretrained is not False and info.enabled and not info.is_main:
         barrier(info)
     model = create_model(cfg.model, pretrained=pretrained, **kw)
@@ -106,22 +107,27 @@ def build_model(cfg: TrainConfig, data: PreparedData, resuming: bool, info: Dist
 def freeze_epochs(cfg: TrainConfig, model: nn.Module, log: Any) -> int:
     """How many first epochs keep the encoder frozen: ``freeze_encoder_epochs`` for a pretrained encoder, else
     0 (a frozen random encoder would learn nothing). Logs the policy."""
-    if cfg.pretrained is False:
+    pretrained = effective_pretrained(cfg.model, cfg.pretrained)
+    if pretrained is False:
         log(
-            "encoder: trained from scratch (no pretrained weights), so nothing is frozen "
+            "encoder: trained from scratch (no pretrained weights: --pretrained false), so nothing is frozen "
             f"(freeze_encoder_epochs={cfg.freeze_encoder_epochs} applies only to a pretrained encoder)"
         )
         return 0
+    source = pretrained
+    if pretrained is True:
+        from ..models import get_model_entry
+
+        release = get_model_entry(cfg.model).pretrained
+        source = f"official release {release.file}" if release is not None else "pretrained=True"
     if model.pretrained_target() is None:
-        log(
-            f"encoder: weights from {cfg.pretrained}; the model has no pretrained encoder part, nothing is frozen"
-        )
+        log(f"encoder: weights from {source}; the model has no pretrained encoder part, nothing is frozen")
         return 0
     if cfg.freeze_encoder_epochs == 0:
-        log(f"encoder: pretrained ({cfg.pretrained}); not frozen (freeze_encoder_epochs=0)")
+        log(f"encoder: pretrained ({source}); not frozen (freeze_encoder_epochs=0)")
         return 0
     log(
-        f"encoder: pretrained ({cfg.pretrained}); frozen for epochs 1-{cfg.freeze_encoder_epochs}, then trained "
+        f"encoder: pretrained ({source}); frozen for epochs 1-{cfg.freeze_encoder_epochs}, then trained "
         f"with lr x {cfg.encoder_lr_scale}"
     )
     return cfg.freeze_encoder_epochs
@@ -214,8 +220,16 @@ class Trainer:
         x = batch["image"].to(device, non_blocking=True)  # (B, C, H, W)
         y = batch["mask"].to(device, non_blocking=True)  # (B, H, W) int64
         with self.autocast():
-            logits = self.train_module(x)  # (B, K, H, W)
+            if self.model.aux_strides:  # deep supervision: (B, K, H, W) and the auxiliary heads, same size
+                logits, aux = self.train_module(x, aux=True)
+            else:
+                logits, aux = self.train_module(x), []  # (B, K, H, W)
         loss = self.loss_fn(logits.float(), y.unsqueeze(1))
+        if aux:
+            # nnU-Net's weights: 1 for the main head, 1/2, 1/4 for strides 8 and 16, normalised to sum 1
+            w = [0.5 ** (i + 1) for i in range(len(aux))]
+            aux_loss = sum(wi * self.loss_fn(a.float(), y.unsqueeze(1)) for wi, a in zip(w, aux))
+            loss = (loss + aux_loss) / (1 + sum(w))
         stats = reduce_loss_stats(loss, x.shape[0], device, info)
         if stats[2].item() > 0:
             ids_txt = ", ".join(i for ids in all_gather_objects(list(batch["id"]), info) for i in ids)

@@ -6,7 +6,9 @@ A model trained on a volume dataset carries its :class:`~medurwkv.data.volume_sl
 rule per channel. A volume is normalised with exactly that rule, cut into slices along the same axis, the
 slices go through the :class:`~medurwkv.engine.predict.Segmenter` in batches (resized to the training size
 and back, optional flip TTA, as for 2D images), and the per-slice argmax is put back in place, so the label
-map has the input's shape. ``predict_volumes`` writes it with the input's affine and header
+map has the input's shape. The checkpoint's post-processing decision (largest connected component per class,
+chosen on the validation volumes after training; :mod:`medurwkv.engine.postprocess`) is then applied to the
+whole volume in 3D (26-connected) unless ``postprocess=False``. ``predict_volumes`` writes it with the input's affine and header
 (:func:`~medurwkv.data.volumes.write_label_volume`, uint8 or uint16).
 
 Input naming (``--input`` files, folders or globs of ``.nii.gz`` / ``.nii``): nnU-Net's ``CASE_0000.nii.gz``,
@@ -66,12 +68,15 @@ def segment_volume(
     tta: bool = False,
     batch_size: int = 16,
     name: str = "volume",
+    postprocess: bool = True,
 ) -> np.ndarray:
     """Label map (X, Y, Z) int64 of a raw (C, X, Y, Z) volume (channels as in training), slice by slice.
 
     ``spacing`` (mm along X, Y, Z) is needed by a model trained with a target spacing: the volume is then
     resampled in-plane to it, each slice runs whole at that scale (native mode), and its probabilities are
     resampled back to the volume's grid (bilinear) before the argmax.
+
+    ``postprocess``: apply the model's post-processing decision (if it has one) to the assembled 3D label map.
     """
     spec = volume_spec(seg)
     image = np.asarray(image)
@@ -108,7 +113,8 @@ def segment_volume(
                 p = F.interpolate(p[None], size=plane, mode="bilinear", align_corners=False)[0]
             where[spec.axis] = k
             out[tuple(where)] = p.argmax(0).numpy()  # (H, W)
-    return out
+    # on the whole volume: a structure's largest component is a 3D notion (the decision was chosen that way)
+    return seg.postprocess_labels(out, postprocess)
 
 
 def collect_volume_cases(
@@ -179,10 +185,12 @@ def predict_volumes(
     tta: bool = False,
     batch_size: int = 16,
     progress: bool = True,
+    postprocess: bool = True,
 ) -> PredictSummary:
     """Segment NIfTI volumes and write ``out_dir/<case>.nii.gz`` (the input's ending, affine, header and
-    shape; uint8 labels, uint16 beyond 255 classes). A case that cannot be read or predicted is recorded in
-    ``summary.failed`` and skipped; the others are still written."""
+    shape; uint8 labels, uint16 beyond 255 classes), with the model's post-processing applied unless
+    ``postprocess=False``. A case that cannot be read or predicted is recorded in ``summary.failed`` and
+    skipped; the others are still written."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -209,7 +217,13 @@ def predict_volumes(
             image, ref = read_volume_case(case, files)
             spacing = require_spacing(ref, case) if spec.target_spacing else None
             labels = segment_volume(
-                seg, image, spacing=spacing, tta=tta, batch_size=batch_size, name=f"case {case!r}"
+                seg,
+                image,
+                spacing=spacing,
+                tta=tta,
+                batch_size=batch_size,
+                name=f"case {case!r}",
+                postprocess=postprocess,
             )
             summary.outputs[str(files[0])] = [write_label_volume(target, labels, ref)]
         except Exception as e:  # noqa: BLE001 - isolate the failing case (as 2D predict does), keep going

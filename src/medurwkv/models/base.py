@@ -9,6 +9,7 @@ pads the input bottom/right to a multiple of :attr:`SegmentationModel.pad_multip
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch.nn.functional as F
@@ -67,6 +68,7 @@ class SegmentationModel(nn.Module):
     pad_mode: str = "constant"
     encoder: Encoder
     model_spec: dict[str, Any]
+    aux_strides: Sequence[int] = ()  # strides of the deep-supervision heads (none by default)
 
     def __init__(self) -> None:
         super().__init__()
@@ -77,11 +79,26 @@ class SegmentationModel(nn.Module):
         """``(B, in_channels, Hp, Wp)`` with ``Hp, Wp`` multiples of ``pad_multiple`` -> ``(B, K, Hp, Wp)``."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, in_channels, H, W)`` -> logits ``(B, num_classes, H, W)``: pad bottom/right, run, crop back."""
+    def forward_padded_aux(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Like :meth:`forward_padded`, plus the logits of the auxiliary (deep supervision) heads, each
+        ``(B, K, Hp/s, Wp/s)`` at the strides ``aux_strides``. Models without auxiliary heads return ``[]``."""
+        return self.forward_padded(x), []
+
+    def forward(self, x: Tensor, aux: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """``(B, in_channels, H, W)`` -> logits ``(B, num_classes, H, W)``: pad bottom/right, run, crop back.
+
+        With ``aux=True`` (training with deep supervision): ``(logits, aux_logits)``, each auxiliary map
+        upsampled (bilinear) to the input size, so every head is scored against the same full-size mask.
+        """
         check_input(x, self.in_channels)
         H, W = x.shape[-2:]
-        return self.forward_padded(pad_to_multiple(x, self.pad_multiple, self.pad_mode))[..., :H, :W]
+        xp = pad_to_multiple(x, self.pad_multiple, self.pad_mode)
+        if not aux:
+            return self.forward_padded(xp)[..., :H, :W]
+        logits, extra = self.forward_padded_aux(xp)
+        size = xp.shape[-2:]
+        up = [F.interpolate(a, size=size, mode="bilinear", align_corners=False)[..., :H, :W] for a in extra]
+        return logits[..., :H, :W], up
 
     # ---- pretrained encoder ------------------------------------------------------------------------------
     def pretrained_target(self) -> nn.Module | None:

@@ -11,7 +11,7 @@ from ..errors import UserError
 from .pretrained import load_pretrained
 from .registry import get_model_entry
 
-__all__ = ["create_model"]
+__all__ = ["create_model", "model_from_spec"]
 
 
 def create_model(name: str, *, pretrained: bool | str | Path = False, **kwargs: Any) -> nn.Module:
@@ -39,4 +39,17 @@ def create_model(name: str, *, pretrained: bool | str | Path = False, **kwargs: 
         load_pretrained(model, entry.pretrained, sha256=entry.pretrained.sha256)
     elif pretrained is not False and pretrained is not None:
         load_pretrained(model, pretrained)
+    return model
+
+
+def model_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Rebuild a model from a saved ``model_spec`` (``{"name", "kwargs"}``, e.g. a checkpoint's ``model``).
+
+    The saved kwargs are the model's whole config, so they are passed to the builder as they are, without the
+    registry's *current* defaults: a checkpoint written before a variant's default changed (say its decoder
+    widths) rebuilds the architecture it was trained with. Weights are not loaded here.
+    """
+    entry = get_model_entry(spec["name"])
+    model = entry.builder(**spec["kwargs"])
+    model.model_spec = {"name": spec["name"], "kwargs": dict(spec["kwargs"])}
     return model

@@ -1,14 +1,18 @@
 """Med-URWKV bottleneck + patch-expanding VRWKV decoder (``docs/models.md``, our concrete design).
 
 The decoder only sees a list of NCHW maps ``[X1, ..., Xn]`` with known channels and strides (each stride twice
-the previous one, e.g. 4/8/16/32), all projected to the decoder width ``dim``:
+the previous one, e.g. 4/8/16/32), map ``i`` projected to the width ``dims[i]`` of its level:
 
 * bottleneck: ``bottleneck_depth`` VRWKV blocks on the tokens of the coarsest map Xn;
-* ``n - 1`` stages, coarse to fine: patch expand x2 (Linear dim -> 2·dim, 2x2 sub-pixel rearrange -> dim/2
-  channels at twice the resolution, LayerNorm), concatenate the skip map (dim channels), Linear back to dim, then
-  ``depths[j]`` VRWKV blocks;
-* a final patch expand ``x strides[0]`` to full resolution (same rule: Linear dim -> s·dim, s x s rearrange ->
-  dim/s channels, LayerNorm), returned as an NCHW map for the segmentation head.
+* ``n - 1`` stages, coarse to fine: patch expand x2 (Linear d -> 2·d, 2x2 sub-pixel rearrange -> d/2 channels at
+  twice the resolution, LayerNorm), concatenate the skip map (d' channels, the width of the finer level),
+  Linear to d', then ``depths[j]`` VRWKV blocks of width d';
+* a final patch expand ``x strides[0]`` to full resolution (same rule: Linear d0 -> s·d0, s x s rearrange ->
+  d0/s channels, LayerNorm), returned as an NCHW map for the segmentation head.
+
+Each level has its own width ``dims[i]``: constant (the first design, 192 at every level for the -T models) or
+halving as the resolution doubles, as Swin-Unet's patch expanding does (``docs/results_decoder.md`` measures
+both).
 
 Every VRWKV block here has its own token count T (its decay is divided by the T of its own grid), pre-norm, no
 layer scale, no ``ln0``, no positional embedding. The Bi-WKV constants default to the artefact-free "ideal" form
@@ -129,22 +133,23 @@ class DecoderBlock(Block):
 
 
 class DecoderStage(nn.Module):
-    """Patch expand x2, concat the skip, Linear back to ``dim``, then VRWKV blocks."""
+    """Patch expand x2 (``in_dim -> in_dim/2`` channels), concat the skip (``skip_dim``), Linear to ``skip_dim``,
+    then VRWKV blocks of width ``skip_dim``. With ``in_dim == skip_dim`` this is the constant-width stage."""
 
-    def __init__(self, dim: int, blocks: list[Block]) -> None:
+    def __init__(self, in_dim: int, skip_dim: int, blocks: list[Block]) -> None:
         super().__init__()
-        self.expand = PatchExpand(dim, 2)
-        self.fuse = nn.Linear(dim // 2 + dim, dim, bias=False)
+        self.expand = PatchExpand(in_dim, 2)
+        self.fuse = nn.Linear(in_dim // 2 + skip_dim, skip_dim, bias=False)
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: Tensor, hw: tuple[int, int], skip: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        x, hw = self.expand(x, hw)  # (B, 4T, dim/2)
-        s, shw = map_to_tokens(skip)  # (B, 4T, dim)
+        x, hw = self.expand(x, hw)  # (B, 4T, in_dim/2)
+        s, shw = map_to_tokens(skip)  # (B, 4T, skip_dim)
         if tuple(shw) != tuple(hw):
             raise ValueError(
                 f"expected a skip map of size {hw}, got {shw}; encoder strides must double per level"
             )
-        x = self.fuse(torch.cat([x, s], dim=-1))  # (B, 4T, dim)
+        x = self.fuse(torch.cat([x, s], dim=-1))  # (B, 4T, skip_dim)
         for blk in self.blocks:
             x = blk(x, hw)
         return x, hw
@@ -154,19 +159,21 @@ class URWKVDecoder(nn.Module):
     """RWKV bottleneck + VRWKV patch-expanding decoder; see the module docstring.
 
     Args:
-        dim: width of every input map and of the decoder.
+        dims: width of each level, finest first (one per input map, e.g. ``(48, 96, 192, 384)`` for strides
+            4/8/16/32), or one int for a constant width. Input map ``i`` must have ``dims[i]`` channels; the
+            bottleneck runs at ``dims[-1]``, the stage that fuses skip ``i`` at ``dims[i]``.
         strides: strides of the input maps, finest first (e.g. ``(4, 8, 16, 32)``); each must be twice the
             previous one. The final expansion scale is ``strides[0]``.
-        depths: VRWKV blocks per decoder stage, coarse to fine (``len(strides) - 1`` entries).
+        depths: VRWKV blocks per decoder stage, coarse to fine (``len(strides) - 1`` entries; 0 allowed).
         bottleneck_depth: VRWKV blocks on the coarsest map.
-        final_dim: channels after the final expansion (default ``dim // strides[0]``, the patch-expand rule).
+        final_dim: channels after the final expansion (default ``dims[0] // strides[0]``, the patch-expand rule).
         drop_path_rate: stochastic depth, linear over all bottleneck + decoder blocks.
         wkv_token_split, wkv_eps: Bi-WKV constants of these blocks (default: the ideal form).
     """
 
     def __init__(
         self,
-        dim: int,
+        dims: int | Sequence[int],
         strides: Sequence[int] = (4, 8, 16, 32),
         depths: Sequence[int] = (2, 2, 2),
         bottleneck_depth: int = 2,
@@ -180,33 +187,40 @@ class URWKVDecoder(nn.Module):
         super().__init__()
         strides = [int(s) for s in strides]
         depths = [int(d) for d in depths]
+        dims = [int(dims)] * len(strides) if isinstance(dims, int) else [int(d) for d in dims]
         if any(b != 2 * a for a, b in zip(strides, strides[1:])):
             raise ValueError(
                 f"expected encoder strides that double per level (e.g. 4, 8, 16, 32), got {strides}"
             )
-        if len(depths) != len(strides) - 1:
+        if len(depths) != len(strides) - 1 or min(depths, default=0) < 0:
             raise ValueError(
-                f"expected {len(strides) - 1} decoder depths (one per skip level), got {depths}; "
+                f"expected {len(strides) - 1} decoder depths >= 0 (one per skip level), got {depths}; "
                 "pass decoder_depths with one entry per stage"
             )
-        if dim % 2:
-            raise ValueError(f"expected an even decoder width, got {dim}")
-        self.dim, self.strides = dim, strides
+        if len(dims) != len(strides) or any(d < 2 or d % 2 for d in dims):
+            raise ValueError(
+                f"expected {len(strides)} even decoder widths (one per level, finest first), got {dims}"
+            )
+        self.dims, self.strides = dims, strides
         scale = strides[0]
         if final_dim is None:
-            if dim % scale:
+            if dims[0] % scale:
                 raise ValueError(
-                    f"expected a decoder width divisible by {scale}, got {dim}; or set final_dim"
+                    f"expected a finest decoder width divisible by {scale}, got {dims[0]}; or set final_dim"
                 )
-            final_dim = dim // scale
+            final_dim = dims[0] // scale
         self.out_channels = final_dim
-        n_blocks = bottleneck_depth + sum(depths)
+        # width of every block, bottleneck first, then the stages coarse to fine
+        widths = [dims[-1]] * bottleneck_depth + [
+            dims[-2 - j] for j, d in enumerate(depths) for _ in range(d)
+        ]
+        n_blocks = len(widths)
         dpr = [drop_path_rate * i / (n_blocks - 1) if n_blocks > 1 else 0.0 for i in range(n_blocks)]
         # One layer-id sequence over bottleneck + decoder so that the 'fancy' init spreads the decay rates
         # from local (first block) to global (last block) as in the encoder.
         blocks = [
             DecoderBlock(
-                dim,
+                widths[i],
                 n_blocks,
                 i,
                 drop_path=dpr[i],
@@ -220,13 +234,13 @@ class URWKVDecoder(nn.Module):
         ]
         self.bottleneck = nn.ModuleList(blocks[:bottleneck_depth])
         stages, i0 = [], bottleneck_depth
-        for d in depths:
-            stages.append(DecoderStage(dim, blocks[i0 : i0 + d]))
+        for j, d in enumerate(depths):  # stage j fuses skip level n-2-j into the map of level n-1-j
+            stages.append(DecoderStage(dims[-1 - j], dims[-2 - j], blocks[i0 : i0 + d]))
             i0 += d
         self.stages = nn.ModuleList(stages)
-        # Final expansion: Linear dim -> scale^2 * final_dim, scale x scale sub-pixel rearrange.
+        # Final expansion: Linear dims[0] -> scale^2 * final_dim, scale x scale sub-pixel rearrange.
         self.final_scale = scale
-        self.final_expand = nn.Linear(dim, scale * scale * final_dim, bias=False)
+        self.final_expand = nn.Linear(dims[0], scale * scale * final_dim, bias=False)
         self.final_norm = nn.LayerNorm(final_dim)
         self._init_weights()
 
@@ -244,20 +258,27 @@ class URWKVDecoder(nn.Module):
             if isinstance(m, Block):
                 m.set_wkv_constants(token_split, eps)
 
-    def forward(self, feats: Sequence[Tensor], head: nn.Conv2d | None = None) -> Tensor:
-        """``[X1..Xn]`` (B, dim, H/s_i, W/s_i) -> (B, final_dim, H, W).
+    def forward(
+        self, feats: Sequence[Tensor], head: nn.Conv2d | None = None, *, stage_maps: bool = False
+    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """``[X1..Xn]`` (B, dims[i], H/s_i, W/s_i) -> (B, final_dim, H, W).
 
         With ``head`` (a 1x1 conv ``final_dim -> K``) the result is ``head(features)`` (B, K, H, W), computed
         per sub-pixel *before* the final rearrangement: the same numbers, without materialising and permuting
-        the full-resolution ``final_dim``-channel map (the largest tensor of the model).
+        the full-resolution ``final_dim``-channel map (the largest tensor of the model). With ``stage_maps``
+        it also returns the output of every stage as an NCHW map, coarse to fine (``(B, dims[n-2-j], H/s, W/s)``
+        for stage j; deep supervision reads them).
         """
         if len(feats) != len(self.strides):
             raise ValueError(f"expected {len(self.strides)} feature maps, got {len(feats)}")
-        x, hw = map_to_tokens(feats[-1])  # (B, T, dim) at the coarsest stride
+        x, hw = map_to_tokens(feats[-1])  # (B, T, dims[-1]) at the coarsest stride
         for blk in self.bottleneck:
             x = blk(x, hw)
+        maps = []
         for stage, skip in zip(self.stages, reversed(feats[:-1])):
             x, hw = stage(x, hw, skip)
+            if stage_maps:
+                maps.append(tokens_to_map(x, hw))
         B = x.shape[0]
         H, W = hw
         s, c = self.final_scale, self.out_channels
@@ -267,4 +288,5 @@ class URWKVDecoder(nn.Module):
                 raise ValueError(f"expected a 1x1 conv head with {c} input channels, got {head}")
             x = F.linear(x, head.weight.flatten(1), head.bias)  # (B, H, W, s, s, K)
             c = head.out_channels
-        return x.permute(0, 5, 1, 3, 2, 4).reshape(B, c, H * s, W * s)  # (B, c, sH, sW)
+        out = x.permute(0, 5, 1, 3, 2, 4).reshape(B, c, H * s, W * s)  # (B, c, sH, sW)
+        return (out, maps) if stage_maps else out

@@ -55,8 +55,14 @@ class MedURWKV(SegmentationModel):
         encoder_overrides: keyword overrides of the encoder's official config (tiny test configs, drop path...).
         in_channels: image channels (1 or 3; a 3-channel pretrained stem is adapted by ``load_pretrained``).
         num_classes: number of output logit maps.
-        decoder_dim: bottleneck/decoder width (default: the encoder width; otherwise every encoder map is
-            projected by a 1x1 conv).
+        decoder_dim: reference width of the bottleneck/decoder (default: the encoder's deepest width). An
+            encoder map whose width differs from its level's width is projected by a 1x1 conv.
+        decoder_width_mults: width of each level as a multiple of ``decoder_dim``, finest first (one per
+            encoder level): ``(0.25, 0.5, 1, 2)`` halves the width each time the resolution doubles, from
+            ``2 * decoder_dim`` in the bottleneck to ``decoder_dim / 4`` at stride 4. Default: 1 everywhere.
+        deep_supervision: auxiliary 1x1 heads on the decoder stages at strides 8 and 16 (nnU-Net's deep
+            supervision); ``forward(x, aux=True)`` returns their logits for the training loss. Inference and
+            export use the main head only.
         decoder_depths: VRWKV blocks per decoder stage (coarse to fine), bottleneck_depth: blocks on X4.
         final_dim: channels after the final x4 patch expand (default ``decoder_dim // 4``).
         decoder_wkv_token_split, decoder_wkv_eps: Bi-WKV constants of the bottleneck/decoder blocks (default the
@@ -75,6 +81,7 @@ class MedURWKV(SegmentationModel):
         in_channels: int = 3,
         num_classes: int = 2,
         decoder_dim: int | None = None,
+        decoder_width_mults: Sequence[float] | None = None,
         decoder_depths: Sequence[int] = (2, 2, 2),
         bottleneck_depth: int = 2,
         final_dim: int | None = None,
@@ -85,6 +92,7 @@ class MedURWKV(SegmentationModel):
         pad_mode: str = "constant",
         decoder_drop_path_rate: float = 0.0,
         with_cp: bool = False,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         if pad_mode not in PAD_MODES:
@@ -99,13 +107,24 @@ class MedURWKV(SegmentationModel):
         )
         enc_ch, strides = list(self.encoder.out_channels), list(self.encoder.strides)
         dim = int(decoder_dim or enc_ch[-1])
+        mults = (
+            [1.0] * len(enc_ch) if decoder_width_mults is None else [float(m) for m in decoder_width_mults]
+        )
+        if len(mults) != len(enc_ch) or any(m <= 0 or dim * m != round(dim * m) for m in mults):
+            raise ValueError(
+                f"expected {len(enc_ch)} decoder_width_mults > 0 (finest first) that make whole widths of "
+                f"decoder_dim={dim}, got {decoder_width_mults}"
+            )
+        dims = [round(dim * m) for m in mults]  # width of each level, finest first
         self.pad_multiple = self.encoder.pad_multiple
-        # 1x1 projections only where an encoder map's width differs from the decoder width.
-        self.proj = nn.ModuleList(nn.Identity() if c == dim else nn.Conv2d(c, dim, 1) for c in enc_ch)
-        self.mscf = MSCF([dim] * len(enc_ch)) if mscf else None
-        self.fawa = nn.ModuleList(FAWA(dim) for _ in enc_ch[:-1]) if fawa else None
+        # 1x1 projections only where an encoder map's width differs from its level's width.
+        self.proj = nn.ModuleList(
+            nn.Identity() if c == d else nn.Conv2d(c, d, 1) for c, d in zip(enc_ch, dims)
+        )
+        self.mscf = MSCF(dims) if mscf else None
+        self.fawa = nn.ModuleList(FAWA(d) for d in dims[:-1]) if fawa else None
         self.decoder = URWKVDecoder(
-            dim,
+            dims,
             strides,
             depths=decoder_depths,
             bottleneck_depth=bottleneck_depth,
@@ -116,6 +135,10 @@ class MedURWKV(SegmentationModel):
             with_cp=with_cp,
         )
         self.head = nn.Conv2d(self.decoder.out_channels, num_classes, 1)
+        # deep supervision: the stages at strides 16 and 8 (stage j ends at stride strides[-2 - j])
+        n_aux = min(2, len(decoder_depths)) if deep_supervision else 0
+        self.aux_strides = [strides[-2 - j] for j in range(n_aux)]
+        self.aux_heads = nn.ModuleList(nn.Conv2d(dims[-2 - j], num_classes, 1) for j in range(n_aux))
 
     # ---- pretrained encoder API ------------------------------------------------------------------------------
 
@@ -138,14 +161,25 @@ class MedURWKV(SegmentationModel):
 
     # ---- forward ---------------------------------------------------------------------------------------------
 
-    def forward_padded(self, x: Tensor) -> Tensor:
-        """``(B, in_channels, Hp, Wp)``, Hp and Wp multiples of 32 -> logits ``(B, num_classes, Hp, Wp)``."""
-        feats = [p(f) for p, f in zip(self.proj, self.encoder(x))]  # (B, dim, Hp/s, Wp/s) each
+    def _decoder_inputs(self, x: Tensor) -> list[Tensor]:
+        feats = [p(f) for p, f in zip(self.proj, self.encoder(x))]  # (B, dims[i], Hp/s_i, Wp/s_i) each
         if self.mscf is not None:
             feats = self.mscf(feats)
         if self.fawa is not None:
             feats = [f(s) for f, s in zip(self.fawa, feats[:-1])] + [feats[-1]]
-        return self.decoder(feats, head=self.head)  # (B, num_classes, Hp, Wp): 1x1 head fused per sub-pixel
+        return feats
+
+    def forward_padded(self, x: Tensor) -> Tensor:
+        """``(B, in_channels, Hp, Wp)``, Hp and Wp multiples of 32 -> logits ``(B, num_classes, Hp, Wp)``."""
+        # (B, num_classes, Hp, Wp): the 1x1 head fused per sub-pixel
+        return self.decoder(self._decoder_inputs(x), head=self.head)
+
+    def forward_padded_aux(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        if not self.aux_heads:
+            return self.forward_padded(x), []
+        logits, maps = self.decoder(self._decoder_inputs(x), head=self.head, stage_maps=True)
+        # maps[j]: (B, dims[-2 - j], Hp/s, Wp/s) at s = aux_strides[j]
+        return logits, [h(m) for h, m in zip(self.aux_heads, maps)]
 
 
 @dataclass(frozen=True)
@@ -157,7 +191,16 @@ class MedURWKVVariant:
     description: str
 
 
-_BASE = dict(in_channels=3, num_classes=2, decoder_depths=[2, 2, 2], bottleneck_depth=2)
+# The decoder rule of every variant (docs/results_decoder.md): widths that halve as the resolution doubles,
+# 2 x decoder_dim in the bottleneck down to decoder_dim / 4 at stride 4. Checkpoints of the first design
+# (constant width) keep loading: their kwargs are in the file (builder.model_from_spec).
+_BASE = dict(
+    in_channels=3,
+    num_classes=2,
+    decoder_width_mults=[0.25, 0.5, 1, 2],
+    decoder_depths=[2, 2, 2],
+    bottleneck_depth=2,
+)
 MED_URWKV_VARIANTS: dict[str, MedURWKVVariant] = {
     "med_urwkv_t": MedURWKVVariant(
         dict(encoder="vrwkv_adapter_t", **_BASE),

@@ -43,8 +43,10 @@ __all__ = [
     "LoadReport",
     "default_normalization",
     "fetch_weights",
+    "is_url",
     "load_pretrained",
     "read_encoder_file",
+    "weights_cache_path",
 ]
 
 # Checkpoint sub-dicts that hold the weights, tried in this order (mmcv/mmseg/mmdet and our training
@@ -161,8 +163,19 @@ class LoadReport:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _is_url(text: str) -> bool:
+def is_url(text: str) -> bool:
+    """Whether ``text`` is a URL the loader downloads (``http``, ``https``, ``file``) rather than a path."""
     return urllib.parse.urlparse(text).scheme in ("http", "https", "file")
+
+
+def weights_cache_path(url: str, cache_dir: str | Path | None = None) -> Path:
+    """Where :func:`fetch_weights` keeps ``url``: the cache folder (``cache_dir``, else ``$MEDURWKV_CACHE``, else
+    ``~/.cache/medurwkv``) / the URL's base name, e.g. ``~/.cache/medurwkv/vrwkv_t_in1k_224.pth``; a file
+    copied there by hand is used offline."""
+    name = urllib.parse.unquote(Path(urllib.parse.urlparse(url).path).name)
+    if not name:
+        raise UserError(f"expected a URL that ends in a file name, got {url!r}")
+    return (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / name
 
 
 def fetch_weights(
@@ -170,13 +183,11 @@ def fetch_weights(
 ) -> Path:
     """Download ``url`` once into ``cache_dir`` (default ``$MEDURWKV_CACHE`` or ``~/.cache/medurwkv``).
 
-    The file keeps the URL's base name; a file already there (copied by hand for offline use) is reused
-    without network access. Raises :class:`~medurwkv.errors.DownloadError` with what to do offline.
+    The file keeps the URL's base name (:func:`weights_cache_path`); a file already there (copied by hand for
+    offline use) is reused without network access. Raises :class:`~medurwkv.errors.DownloadError` with what
+    to do offline.
     """
-    name = urllib.parse.unquote(Path(urllib.parse.urlparse(url).path).name)
-    if not name:
-        raise UserError(f"expected a URL that ends in a file name, got {url!r}")
-    dest = (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / name
+    dest = weights_cache_path(url, cache_dir)
     hint = (
         "without network access, download the file elsewhere and pass pretrained=PATH "
         f"(CLI: --pretrained PATH), or copy it to {dest}"
@@ -284,7 +295,7 @@ def _resolve_source(
         return source, "<dict>", None
     text = source.url if isinstance(source, PretrainedCfg) else str(source)
     release = find_release(source)
-    if _is_url(text):
+    if is_url(text):
         path = fetch_weights(text, sha256=sha256, cache_dir=cache_dir, progress=progress)
     else:
         path = Path(text).expanduser()
@@ -448,7 +459,7 @@ def read_encoder_file(source: str | Path) -> dict[str, Any] | None:
     """The contents of an ``encoder.pt`` of ``medurwkv pretrain`` (memory-mapped: its tensors are not read),
     or None when ``source`` is not one (a URL, a missing file, an official checkpoint, any other format)."""
     path = Path(str(source)).expanduser()
-    if _is_url(str(source)) or not path.is_file() or not zipfile.is_zipfile(path):
+    if is_url(str(source)) or not path.is_file() or not zipfile.is_zipfile(path):
         return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
