@@ -178,11 +178,15 @@ def main() -> None:
     p.add_argument("--out", default="runs/decoder")
     p.add_argument("--configs", nargs="+", default=STUDY, choices=list(CONFIGS))
     p.add_argument(
-        "--baselines", action="store_true", help="also train unet / monai_unet / swin_unetr on Kvasir"
+        "--baselines",
+        nargs="*",
+        default=None,
+        choices=BASELINES,
+        help="also the baselines on Kvasir-SEG: the names given, or all of unet / monai_unet / swin_unetr",
     )
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     p.add_argument("--reference", default="const", help="the configuration whose step time sets the budget")
-    p.add_argument("--budget-min", type=float, default=4.0, help="training minutes of the reference config")
+    p.add_argument("--budget-min", type=float, default=3.0, help="training minutes of the reference config")
     p.add_argument("--img-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
@@ -194,7 +198,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     static_file = out / "static.json"
     static = json.loads(static_file.read_text()) if static_file.exists() else {}
-    names = list(dict.fromkeys(args.configs + (BASELINES if args.baselines else []) + [args.reference]))
+    baselines = [] if args.baselines is None else args.baselines or BASELINES
+    names = list(dict.fromkeys(args.configs + baselines + [args.reference]))
 
     if args.phase == "static":
         todo = [n for n in names if n not in static]

@@ -33,7 +33,7 @@ def test_constant_mults_are_the_first_design():
 
 
 def test_halving_widths_per_level_and_projections():
-    m = _tiny(decoder_width_mults=HALVE)
+    m = _tiny(decoder_width_mults=HALVE, final_dim=None)
     assert m.decoder.dims == [8, 16, 32, 64]
     # the adapter's maps are 32 wide: projected where the level width differs, identity at stride 16
     kinds = [type(p).__name__ for p in m.proj]
