@@ -106,6 +106,27 @@ def _postprocess_for(
     }
 
 
+def _score_cases(
+    seg: Segmenter,
+    cases: dict[str, tuple[_Compressed, _Compressed]],
+    acc: Any,
+    spacing: Callable[[str], Any],
+    *,
+    enabled: bool,
+    choose: bool,
+) -> tuple[dict[str, tuple[_Compressed, _Compressed]], dict[str, Any]]:
+    """Take (or choose) the post-processing decision for ``cases`` (id -> raw prediction, reference; images or
+    whole volumes), add every case to ``acc`` with it applied, and return the cases as scored (for the
+    thumbnails) and the ``"evaluation"`` fields that record the decision."""
+    decision, fields = _postprocess_for(seg, cases, enabled=enabled, choose=choose)
+    scored: dict[str, tuple[_Compressed, _Compressed]] = {}
+    for cid, (pred_blob, ref_blob) in cases.items():
+        pred = apply_postprocess(_decompress_labels(pred_blob), decision)
+        acc.add(cid, pred, _decompress_labels(ref_blob), spacing=spacing(cid))
+        scored[cid] = (_compress_labels(pred) if decision is not None else pred_blob, ref_blob)
+    return scored, fields
+
+
 def run_dir_of(path: str | Path | None) -> Path | None:
     """The run folder of a checkpoint: the folder itself, or the checkpoint's parent when it looks like a run
     (holds ``config.yaml`` or ``metrics.csv``); ``None`` otherwise (e.g. an exported .onnx elsewhere)."""
@@ -349,12 +370,9 @@ def evaluate(
             raw[cid] = (_compress_labels(labels), _compress_labels(gt))
             bar.update(1)
     bar.close()
-    decision, pp_fields = _postprocess_for(seg, raw, enabled=postprocess, choose=choose_postprocess)
-    preds: dict[str, _Compressed] = {}  # id -> the label map scored, for the thumbnails
-    for cid in ids:
-        labels = apply_postprocess(_decompress_labels(raw[cid][0]), decision)
-        acc.add(cid, labels, _decompress_labels(raw[cid][1]), spacing=index.spacing.get(cid))
-        preds[cid] = _compress_labels(labels) if decision is not None else raw[cid][0]
+    scored, pp_fields = _score_cases(
+        seg, raw, acc, index.spacing.get, enabled=postprocess, choose=choose_postprocess
+    )
     del raw
 
     summary = acc.summary()
@@ -380,7 +398,7 @@ def evaluate(
             out / "cases",
             acc.per_image_rows(),
             images=index.load_image,
-            preds=lambda cid: _decompress_labels(preds[cid]),
+            preds=lambda cid: _decompress_labels(scored[cid][0]),
             gts=index.load_mask,
         )
     if verbose:
@@ -543,13 +561,8 @@ def _evaluate_volumes(
         spacing_known = spacing_known and ref.spacing_known
         spacings[case] = ref.spacing if ref.spacing_known else None
         kept[case] = (_compress_labels(pred), _compress_labels(gt))
-    decision, pp_fields = _postprocess_for(seg, kept, enabled=postprocess, choose=choose)
-    for case in ids:
-        pred = apply_postprocess(_decompress_labels(kept[case][0]), decision)  # (X, Y, Z), 3D components
-        gt_blob = kept[case][1]
-        acc.add(case, pred, _decompress_labels(gt_blob), spacing=spacings[case])
-        if decision is not None:
-            kept[case] = (_compress_labels(pred), gt_blob)  # the thumbnails show what was scored
+    # post-processing on each whole volume: (X, Y, Z) label maps, 3D components
+    kept, pp_fields = _score_cases(seg, kept, acc, spacings.get, enabled=postprocess, choose=choose)
     summary = acc.summary()
     _write_summary(
         acc.write_outputs(out)["summary_json"],
