@@ -51,7 +51,7 @@ CONFIGS: dict[str, tuple[str, dict[str, Any], str]] = {
     "halve_ds": (
         "med_urwkv_t",
         dict(decoder_width_mults=HALVE, decoder_depths=[2, 2, 2], bottleneck_depth=2, deep_supervision=True),
-        "halve + deep supervision (auxiliary heads at strides 8 and 16, nnU-Net weights)",
+        "halve + deep supervision (auxiliary heads at strides 16 and 8, weights 1/2 and 1/4)",
     ),
     "halve_hr1": (
         "med_urwkv_t",

@@ -226,7 +226,8 @@ class Trainer:
                 logits, aux = self.train_module(x), []  # (B, K, H, W)
         loss = self.loss_fn(logits.float(), y.unsqueeze(1))
         if aux:
-            # nnU-Net's weights: 1 for the main head, 1/2, 1/4 for strides 8 and 16, normalised to sum 1
+            # weights 1 (main head), 1/2, 1/4 in aux_strides order (16, then 8), normalised to sum 1. nnU-Net
+            # also halves per level but gives the finer level the larger weight; this order is what was measured
             w = [0.5 ** (i + 1) for i in range(len(aux))]
             aux_loss = sum(wi * self.loss_fn(a.float(), y.unsqueeze(1)) for wi, a in zip(w, aux))
             loss = (loss + aux_loss) / (1 + sum(w))
