@@ -128,6 +128,29 @@ def static_phase(names: list[str], args: argparse.Namespace) -> dict[str, Any]:
     return rows
 
 
+SPLITS = Path(__file__).parent / "splits"
+# fit options of every study run: one loader worker, quiet, and no test scoring (the test split is scored
+# once, in a study's test phase)
+STUDY_FIT = dict(num_workers=1, eval_test=False, progress=False, tensorboard=False)
+
+
+def fixed_split(ds: str) -> Path:
+    """The fixed split every run of the studies (and of docs/results_*.md) uses, kept in the repository:
+    exam-grouped for HC18, by image otherwise, 70/10/20 %, seed 0 (made once if missing, then only read)."""
+    from medurwkv.data.split import HC18_GROUP, ensure_split
+
+    split_file = SPLITS / f"{ds}.json"
+    ensure_split(
+        Path(os.environ["MEDURWKV_DATA"]) / ds,
+        group=HC18_GROUP if ds == "hc18" else "none",
+        val=0.1,
+        test=0.2,
+        seed=0,
+        out=split_file,
+    )
+    return split_file
+
+
 def run_one(name: str, ds: str, steps: int, args: argparse.Namespace, split_file: Path) -> dict[str, Any]:
     """Train ``name`` on ``ds`` for ``steps`` optimizer steps (3 epochs of steps / 3), validation only."""
     from medurwkv.engine.train import fit
@@ -151,32 +174,43 @@ def run_one(name: str, ds: str, steps: int, args: argparse.Namespace, split_file
         epochs=3,
         max_train_batches=spe,
         warmup_epochs=0.3,  # 10 % of the run
-        num_workers=1,
         seed=args.seed,
-        eval_test=False,  # the test split is scored once, in the test phase
-        progress=False,
-        tensorboard=False,
+        **STUDY_FIT,
     )
     row = {
         "config": name,
         "dataset": ds,
         "steps": 3 * spe,
+        **fit_summary(res, t0),
+    }
+    done.write_text(json.dumps(row, indent=2))
+    return row
+
+
+def fit_summary(res: Any, t0: float) -> dict[str, Any]:
+    """What a study keeps of a ``FitResult``: training minutes (the epoch times), wall minutes since ``t0``,
+    the validation Dice of the validated epochs, the best one and its epoch, and the load average."""
+    return {
         "train_min": sum(h.get("epoch_time_s", 0.0) for h in res.history) / 60,
         "wall_min": (time.perf_counter() - t0) / 60,
-        "val_dice": [h.get("val_dice") for h in res.history],
+        "val_dice": [v for h in res.history if (v := h.get("val_dice")) is not None and not math.isnan(v)],
         "best_val_dice": res.best_metric,
         "best_epoch": res.best_epoch,
         "load": os.getloadavg()[0],
     }
-    done.write_text(json.dumps(row, indent=2))
-    return row
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", choices=("static", "train", "test"))
     p.add_argument("--out", default="runs/decoder")
-    p.add_argument("--configs", nargs="+", default=STUDY, choices=list(CONFIGS))
+    p.add_argument(
+        "--configs",
+        nargs="*",
+        default=STUDY,
+        choices=list(CONFIGS),
+        help="configurations to measure / train / score (none: only the --baselines)",
+    )
     p.add_argument(
         "--baselines",
         nargs="*",
@@ -199,33 +233,22 @@ def main() -> None:
     static_file = out / "static.json"
     static = json.loads(static_file.read_text()) if static_file.exists() else {}
     baselines = [] if args.baselines is None else args.baselines or BASELINES
-    names = list(dict.fromkeys(args.configs + baselines + [args.reference]))
+    names = list(dict.fromkeys(args.configs + baselines))
+    measured = list(dict.fromkeys(names + [args.reference]))  # the reference's step time sets every budget
 
     if args.phase == "static":
-        todo = [n for n in names if n not in static]
+        todo = [n for n in measured if n not in static]
         static.update(static_phase(todo, args))
         static_file.write_text(json.dumps(static, indent=2))
         print_static(static, args.reference)
         return
 
-    from medurwkv.data.split import HC18_GROUP, ensure_split
-
-    splits = Path(__file__).parent / "splits"
-    missing = [n for n in names if n not in static]
+    missing = [n for n in measured if n not in static]
     if missing:
         raise SystemExit(f"run the static phase first for {missing} (step times set the budgets)")
     rows = []
     for ds in args.datasets:
-        # The fixed split every run of this study (and of docs/results_*.md) uses, kept in the repository.
-        split_file = splits / f"{ds}.json"
-        ensure_split(
-            Path(os.environ["MEDURWKV_DATA"]) / ds,
-            group=HC18_GROUP if ds == "hc18" else "none",
-            val=0.1,
-            test=0.2,
-            seed=0,
-            out=split_file,
-        )
+        split_file = fixed_split(ds)
         key = f"step_s_{ds}"
         ref_steps = args.budget_min * 60 * args.threads / static[args.reference][key]  # CPU s
         for name in names:
@@ -236,16 +259,16 @@ def main() -> None:
                 rows.append(run_one(name, ds, steps, args, split_file))
                 print(json.dumps(rows[-1]), flush=True)
             elif name in args.test:
-                rows.append(test_one(name, ds, split_file, args))
+                rows.append({"config": name, **score_test(out / ds / name, ds, split_file)})
                 print(json.dumps(rows[-1]), flush=True)
     (out / f"{args.phase}.json").write_text(json.dumps(rows, indent=2))
     print_rows(rows, static, args.phase)
 
 
-def test_one(name: str, ds: str, split_file: Path, args: argparse.Namespace) -> dict[str, Any]:
+def score_test(run_dir: Path, ds: str, split_file: Path) -> dict[str, Any]:
+    """Score ``run_dir/best.pt`` once on the test split of ``split_file`` (written to ``run_dir/eval_test``)."""
     from medurwkv.engine.evaluation import evaluate
 
-    run_dir = Path(args.out) / ds / name
     s = evaluate(
         run_dir / "best.pt",
         Path(os.environ["MEDURWKV_DATA"]) / ds,
@@ -259,7 +282,6 @@ def test_one(name: str, ds: str, split_file: Path, args: argparse.Namespace) -> 
     )
     mean = s["mean"]
     return {
-        "config": name,
         "dataset": ds,
         "test_dice": mean["per_image_mean"]["dice"],
         "test_dice_pooled": mean["pooled"]["dice"],

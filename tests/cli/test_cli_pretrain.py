@@ -96,6 +96,7 @@ def test_pretrain_then_report_and_train_with_the_encoder(
     out = capsys.readouterr().out
     assert rc == 0 and f"encoder: {run / 'encoder.pt'} (1 epochs, 4 images seen" in out
     assert "fine-tune: medurwkv train" in out and "--normalize per_image" in out
+    assert "--freeze-encoder-epochs 0" in out  # an encoder pretrained here is not frozen
     assert all(
         (run / f).is_file() for f in ("encoder.pt", "last.pt", "preview.png", "metrics.csv", "report.html")
     )

@@ -450,3 +450,23 @@ def test_pooled_validation_dice_counts_voxels_not_slices():
     # pooled: class 1 2*2 / (2*2 + 0 + 2) = 2/3; class 2: tp 0, fp 1, fn 2 -> 0; mean 1/3
     assert pooled == pytest.approx(1 / 3)
     assert per_slice > pooled  # the empty slices predicted empty count as 1 per slice
+
+
+def test_resume_rebuilds_the_architecture_saved_in_the_checkpoint():
+    """A run begun before a registry default changed must continue with the model it started with: when
+    resuming, the checkpoint's model spec wins over ``config.yaml``'s name + today's defaults."""
+    from types import SimpleNamespace
+
+    from medurwkv.engine.distributed import DistInfo
+    from medurwkv.engine.train_loop import build_model
+    from medurwkv.models import create_model
+
+    data = SimpleNamespace(in_channels=1, num_classes=2)
+    cfg = TrainConfig(model="unet", model_kwargs=TINY_UNET, pretrained=False)
+    started = create_model("unet", in_channels=1, num_classes=2, base_channels=4, depth=2)  # "old default"
+    ckpt = {"model": started.model_spec, "state_dict": started.state_dict()}
+    resumed = build_model(cfg, data, ckpt, DistInfo())
+    assert resumed.model_spec == started.model_spec
+    resumed.load_state_dict(ckpt["state_dict"], strict=True)  # the saved weights fit the rebuilt model
+    fresh = build_model(cfg, data, None, DistInfo())  # a new run follows its config
+    assert fresh.model_spec["kwargs"]["depth"] == 3

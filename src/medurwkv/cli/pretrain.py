@@ -8,7 +8,6 @@ overridden by a flag that is actually on the command line (as ``medurwkv train``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -53,22 +52,17 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Pretrain; errors the user must fix (folders, images, options) reach ``cli.main`` as ``UserError``."""
-    from ..engine.pretrain import pretrain, pretrain_options
+    from ..engine.pretrain import finetune_command, pretrain, pretrain_options
 
     options = {o.name for o in pretrain_options()}
     given = {k: v for k, v in vars(args).items() if k in options}
     result = pretrain(getattr(args, "config", None), resume=getattr(args, "resume", None), **given)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
-    cfg = result.config
     last = result.history[-1]["loss"] if result.history else float("nan")
     print(
         f"encoder: {result.encoder} ({result.epochs_completed} epochs, {result.images_seen} images seen, "
         f"last loss {last:.4f}); preview: {result.preview}"
     )
-    extra = f" --model-kwargs '{json.dumps(cfg.model_kwargs)}'" if cfg.model_kwargs else ""
-    print(
-        f"fine-tune: medurwkv train --data DATA --out RUN --model {cfg.model}{extra} --pretrained {result.encoder} "
-        f"--normalize {cfg.normalize}"
-    )
+    print(f"fine-tune: {finetune_command(result.config, result.encoder)}")
     return 0

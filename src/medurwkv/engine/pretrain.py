@@ -499,6 +499,17 @@ def _model_data(cfg: PretrainConfig, in_channels: int) -> SimpleNamespace:
     return SimpleNamespace(in_channels=in_channels, num_classes=int(cfg.model_kwargs.get("num_classes", 2)))
 
 
+def finetune_command(cfg: PretrainConfig, encoder: Path) -> str:
+    """The ``medurwkv train`` command that fine-tunes from ``encoder``: the same model and kwargs, the
+    pretraining's normalisation, and no frozen start (freezing an encoder pretrained here cost Dice in
+    docs/results_pretrain.md; the freeze is meant for the official weights)."""
+    kwargs = f" --model-kwargs '{json.dumps(cfg.model_kwargs)}'" if cfg.model_kwargs else ""
+    return (
+        f"medurwkv train --data DATA --out RUN --model {cfg.model}{kwargs} --pretrained {encoder} "
+        f"--normalize {cfg.normalize} --freeze-encoder-epochs 0"
+    )
+
+
 def _pretrain(
     cfg: PretrainConfig, run_dir: Path, resuming: bool, device: torch.device, info: DistInfo
 ) -> PretrainResult:
@@ -534,7 +545,7 @@ def _pretrain(
 
     # ---- model (seeded again: identical initial weights whatever the data code consumed)
     seed_everything(cfg.seed)
-    model = build_model(cfg, _model_data(cfg, in_channels), resuming, info)  # type: ignore[arg-type]
+    model = build_model(cfg, _model_data(cfg, in_channels), ckpt, info)  # type: ignore[arg-type]
     mim = MaskedImageModel(model.encoder, in_channels, cfg.mask_patch)
     n_enc = sum(p.numel() for p in model.pretrained_target().parameters())
     grid = (cfg.img_hw[0] // cfg.mask_patch, cfg.img_hw[1] // cfg.mask_patch)
@@ -600,11 +611,7 @@ def _pretrain(
     )
     if info.is_main:
         result.report = _report(run_dir, log)
-        log(
-            f"encoder: {result.encoder}; fine-tune with: medurwkv train --data DATA --model {cfg.model} "
-            f"--pretrained {result.encoder} --normalize {cfg.normalize}"
-            + (f" --model-kwargs '{json.dumps(cfg.model_kwargs)}'" if cfg.model_kwargs else "")
-        )
+        log(f"encoder: {result.encoder}; fine-tune with: {finetune_command(cfg, result.encoder)}")
     barrier(info)
     return result
 

@@ -162,7 +162,7 @@ def _fit(
 
     # ---- model (seeded again: identical initial weights whatever the data code consumed)
     seed_everything(cfg.seed)
-    model = net if net is not None else build_model(cfg, data, resuming, info)
+    model = net if net is not None else build_model(cfg, data, ckpt, info)
     if model.num_classes != data.num_classes:
         raise UserError(f"expected a model with {data.num_classes} output classes, got {model.num_classes}")
     n_params = sum(p.numel() for p in model.parameters())

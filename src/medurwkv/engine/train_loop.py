@@ -13,7 +13,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -80,10 +80,15 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------------------------------- the model
 
 
-def build_model(cfg: TrainConfig, data: PreparedData, resuming: bool, info: DistInfo) -> nn.Module:
-    """``cfg.model`` with ``in_channels`` / ``num_classes`` from the data; pretrained weights unless resuming
+def build_model(
+    cfg: TrainConfig, data: PreparedData, resume: Mapping[str, Any] | None, info: DistInfo
+) -> nn.Module:
+    """``cfg.model`` with ``in_channels`` / ``num_classes`` from the data and pretrained weights; when resuming
+    from the checkpoint ``resume``, the architecture saved in it instead (its ``model`` spec: a run begun
+    before a registry default changed continues with the model it started with) and no pretrained weights
     (the checkpoint has them). Under DDP rank 0 loads first, so that it alone downloads into the cache."""
     from ..models import create_model
+    from ..models.builder import model_from_spec
 
     kw = dict(cfg.model_kwargs)
     for key, value in (("in_channels", data.in_channels), ("num_classes", data.num_classes)):
@@ -94,8 +99,10 @@ def build_model(cfg: TrainConfig, data: PreparedData, resuming: bool, info: Dist
                 f"--model-kwargs (it is set from the data){hint}"
             )
         kw[key] = value
+    if resume is not None and "model" in resume:
+        return model_from_spec(resume["model"])
     # fit resolved "auto" already (config.resolve_pretrained); direct callers get the same meaning
-    pretrained = False if resuming else effective_pretrained(cfg.model, cfg.pretrained)
+    pretrained = False if resume is not None else effective_pretrained(cfg.model, cfg.pretrained)
     if pretrained is not False and info.enabled and not info.is_main:
         barrier(info)
     model = create_model(cfg.model, pretrained=pretrained, **kw)
