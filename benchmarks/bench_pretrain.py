@@ -10,7 +10,8 @@ For each dataset (HC18 and Kvasir-SEG, the fixed splits of ``benchmarks/splits``
   whole exams for HC18 (grouped by the split's exam pattern), images for Kvasir-SEG, nested (10 % within 25 %),
   drawn once with ``--seed`` and kept as split files in ``benchmarks/splits`` (same val and test ids as the
   full split). The pretrained runs keep the encoder frozen for the first ~20 % of the epochs, as ``train`` does
-  for any pretrained encoder; both use per-image normalisation (the pretraining's).
+  for any pretrained encoder; both use per-image normalisation (the pretraining's). ``--inits
+  pretrained_nofreeze`` adds the diagnostic cells that never freeze it.
 * ``test``: every cell's best checkpoint (chosen on validation) is scored once on the test split.
 
 Every run is resumable: a finished run is read back (``study.json``), not retrained; an interrupted pretraining
