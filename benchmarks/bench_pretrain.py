@@ -102,12 +102,11 @@ def subset_splits(ds: str, percents: list[int], seed: int) -> dict[int, Path]:
 def pretrain_images(ds: str, out: Path) -> Path:
     """A flat folder of links to the training split's images (what ``pretrain`` reads; no val/test image)."""
     from medurwkv.data import discover_dataset
-    from medurwkv.data.split import load_split
 
     folder = out / ds / "train_images"
     folder.mkdir(parents=True, exist_ok=True)
     index = discover_dataset(Path(os.environ["MEDURWKV_DATA"]) / ds)
-    for i in load_split(fixed_split(ds)).train:
+    for i in load_ids(ds):
         (src,) = index.image_paths[i]
         link = folder / src.name
         if not link.exists():
@@ -153,6 +152,7 @@ def run_pretrain(ds: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_ids(ds: str) -> list[str]:
+    """The training ids of the dataset's fixed split."""
     from medurwkv.data.split import load_split
 
     return load_split(fixed_split(ds)).train

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load_script():
-    # benchmarks/ is not a package, and the script imports its neighbour bench_decoder by name
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_pretrain", BENCH / "bench_pretrain.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(BENCH))
-    return mod
+from bench_scripts import load_benchmark
 
 
 def test_label_subsets_are_nested_whole_groups_of_at_least_the_share() -> None:
-    bench = _load_script()
+    bench = load_benchmark("bench_pretrain")
     # 40 exams of 1-3 images each, HC18-style ids
     ids = [f"{e:03d}_{k}HC" for e in range(40) for k in range(1 + e % 3)]
     subsets = bench.label_subsets(ids, r"^(\d{3})_", [10, 25, 100], seed=0)
@@ -41,7 +25,7 @@ def test_label_subsets_are_nested_whole_groups_of_at_least_the_share() -> None:
 
 
 def test_label_subsets_without_group_take_single_images() -> None:
-    bench = _load_script()
+    bench = load_benchmark("bench_pretrain")
     ids = [f"img{i}" for i in range(50)]
     subsets = bench.label_subsets(ids, None, [10, 25], seed=0)
     assert len(subsets[10]) == 5 and len(subsets[25]) == 13
@@ -49,7 +33,7 @@ def test_label_subsets_without_group_take_single_images() -> None:
 
 
 def test_schedule_gives_every_subset_the_same_number_of_steps() -> None:
-    bench = _load_script()
+    bench = load_benchmark("bench_pretrain")
     plans = {n: bench.schedule(n, steps=120, batch=8) for n in (70, 175, 699)}
     for n, plan in plans.items():
         assert 120 <= plan["steps"] <= 130, (n, plan)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -10,16 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import BENCHMARKS, load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_train_step.py"
-
-
-def _load_script():
-    # benchmarks/ is not a package; load the script as a module to test its pure functions in-process
-    spec = importlib.util.spec_from_file_location("bench_train_step", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+SCRIPT = BENCHMARKS / "bench_train_step.py"
 
 
 def _table_rows(stdout: str) -> dict[str, list[str]]:
@@ -93,7 +85,7 @@ def test_quick_mode_measures_each_model_against_the_baseline(tmp_path: Path) -> 
 
 
 def test_parse_config_and_its_mistakes() -> None:
-    mod = _load_script()
+    mod = load_benchmark("bench_train_step")
     name, model, kwargs = mod.parse_config(
         'halve={"model": "med_urwkv_t", "kwargs": {"decoder_dims": [48, 96]}}'
     )
@@ -105,7 +97,7 @@ def test_parse_config_and_its_mistakes() -> None:
 
 
 def test_ratios_and_verdicts() -> None:
-    mod = _load_script()
+    mod = load_benchmark("bench_train_step")
 
     def row(label: str, step: float, rss: float, growth: float) -> dict:
         return {"label": label, "step_median_s": step, "peak_rss_gb": rss, "latency_growth": growth}
