@@ -30,6 +30,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--num-workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--dice-weight",
+        type=float,
+        default=1.0,
+        help="Dice weight of the loss (1.0: the published rows; train's default is 2.0 since the recipe study)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -57,6 +63,7 @@ def main() -> None:
             epochs=args.epochs,
             batch_size=args.batch_size,
             num_workers=args.num_workers,
+            dice_weight=args.dice_weight,
             seed=args.seed,
             progress=False,
         )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from saved import saved_bytes
 
 from medurwkv.ops import ms_deform_attn
+from medurwkv.ops.msda import ms_deform_attn_pytorch
 
 SHAPES = [(6, 5), (3, 4), (2, 2)]  # non-square, odd sizes, a tiny level
 
@@ -79,6 +81,19 @@ def test_gradcheck_small():
     assert torch.autograd.gradcheck(
         lambda v, lc, a: ms_deform_attn(v, [(3, 4), (2, 2)], starts, lc, a), leaves, eps=1e-6, atol=1e-6
     )
+
+
+def test_training_keeps_only_the_inputs_for_the_backward():
+    # the custom op's backward recomputes the samples; autograd over the plain ops would keep them all
+    value, starts, loc, attn = make_inputs(Lq=40, P=4)
+    value, loc, attn = (t.requires_grad_(True) for t in (value, loc, attn))
+    inputs = value.nbytes + loc.nbytes + attn.nbytes
+    assert saved_bytes(lambda: ms_deform_attn(value, SHAPES, starts, loc, attn)) == inputs
+    assert saved_bytes(lambda: ms_deform_attn_pytorch(value, SHAPES, starts, loc, attn)) > 2 * inputs
+    # without a gradient the plain ops run
+    with torch.no_grad():
+        got = ms_deform_attn(value, SHAPES, starts, loc, attn)
+    assert torch.equal(got, ms_deform_attn_pytorch(value, SHAPES, starts, loc, attn).detach())
 
 
 def test_float32_and_shape_forms_agree():

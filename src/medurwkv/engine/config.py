@@ -443,7 +443,9 @@ class TrainConfig(OptionTable):
         "'dice_ce': MONAI DiceCELoss, softmax, one-hot targets (CE + Dice is [paper])",
         choices=("dice_ce",),
     )
-    dice_weight: float = _opt(1.0, "weight of the Dice term [ours]")
+    dice_weight: float = _opt(
+        2.0, "weight of the Dice term (2 Dice + 1 CE: chosen by docs/results_recipe.md) [ours]"
+    )
     ce_weight: float = _opt(1.0, "weight of the cross-entropy term [ours]")
     amp: bool | None = _opt(None, "mixed precision (null: on for CUDA, off on CPU); WKV always runs in fp32")
     amp_dtype: str = _opt(

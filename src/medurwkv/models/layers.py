@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import bi_wkv
+from ..ops import bi_wkv, mix_linear, squared_relu_linear
 from ..utils import is_tracing
 
 __all__ = [
@@ -189,12 +189,12 @@ class SpatialMix(nn.Module):
     def wkv_inputs(self, x: Tensor, xx: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """Per-token part before the scan: ``x`` and its shift ``xx`` (B, T, C) -> k, v, sigmoid(r)."""
         if xx is None:
-            xk = xv = xr = x
-        else:
-            xk = x * self.spatial_mix_k + xx * (1 - self.spatial_mix_k)
-            xv = x * self.spatial_mix_v + xx * (1 - self.spatial_mix_v)
-            xr = x * self.spatial_mix_r + xx * (1 - self.spatial_mix_r)
-        return self.key(xk), self.value(xv), torch.sigmoid(self.receptance(xr))  # 3 x (B, T, C)
+            k, v, r = self.key(x), self.value(x), self.receptance(x)
+        else:  # each (x·μ + xx·(1 − μ)) Wᵀ without keeping the mixed input (ops/lean_linear.py)
+            k = mix_linear(x, xx, self.spatial_mix_k, self.key.weight)
+            v = mix_linear(x, xx, self.spatial_mix_v, self.value.weight)
+            r = mix_linear(x, xx, self.spatial_mix_r, self.receptance.weight)
+        return k, v, torch.sigmoid(r)  # 3 x (B, T, C)
 
     def wkv(self, k: Tensor, v: Tensor) -> Tensor:
         """The global Bi-WKV over all T tokens of ``k``, ``v`` (B, T, C)."""
@@ -268,15 +268,17 @@ class ChannelMix(nn.Module):
 
     def mix(self, x: Tensor, xx: Tensor | None) -> Tensor:
         """Per-token channel mix of ``x`` given its shift ``xx`` (B, T, C) (None: no shift)."""
+        # the mixed inputs and relu(k)² are not kept for the backward (ops/lean_linear.py)
         if xx is None:
-            xk = xr = x
+            k, r = self.key(x), self.receptance(x)  # (B, T, Hd), (B, T, C)
         else:
-            xk = x * self.spatial_mix_k + xx * (1 - self.spatial_mix_k)
-            xr = x * self.spatial_mix_r + xx * (1 - self.spatial_mix_r)
-        k = torch.square(torch.relu(self.key(xk)))  # (B, T, Hd)
-        if self.key_norm is not None:
-            k = self.key_norm(k)
-        return torch.sigmoid(self.receptance(xr)) * self.value(k)
+            k = mix_linear(x, xx, self.spatial_mix_k, self.key.weight)
+            r = mix_linear(x, xx, self.spatial_mix_r, self.receptance.weight)
+        if self.key_norm is None:
+            kv = squared_relu_linear(k, self.value.weight)
+        else:
+            kv = self.value(self.key_norm(torch.square(torch.relu(k))))
+        return torch.sigmoid(r) * kv  # (B, T, C)
 
     def forward(self, x: Tensor, patch_resolution: tuple[int, int]) -> Tensor:
         return self.mix(x, self.shift(x, patch_resolution))

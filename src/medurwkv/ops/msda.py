@@ -12,14 +12,16 @@ where ``V_l`` is level ``l`` of ``value`` reshaped row-major to ``(H_l, W_l)``, 
 this implementation calls, so it runs on any device and dtype, is differentiable by autograd and exports to
 ONNX (``GridSample``, opset ≥ 16) without a custom kernel.
 
-Under ``torch.compile``, :func:`ms_deform_attn` runs that same code inside the custom operator
-``medurwkv::ms_deform_attn`` (registered at import, with a fake implementation and autograd), so that the
-compiler sees one node per call; its backward is the custom op ``medurwkv::ms_deform_attn_backward``, written
-out with ATen's ``grid_sampler_2d_backward`` (recomputing the sampling: only the inputs are kept between forward
-and backward). Everywhere else (eager mode, and while a graph is recorded for export, since exporters cannot
-translate a custom op) the plain ops run, differentiated by autograd: eager training keeps exactly the numbers
-it had before the custom op existed (the op's hand-written backward sums in another order, which moves
-float32 results by rounding, ~1e-7 relative), and ONNX gets ``GridSample`` nodes with dynamic H/W.
+When a gradient is needed (training, eager or under ``torch.compile``), :func:`ms_deform_attn` runs that same
+code inside the custom operator ``medurwkv::ms_deform_attn`` (registered at import, with a fake implementation
+and autograd), so that the compiler sees one node per call; its backward is the custom op
+``medurwkv::ms_deform_attn_backward``, written out with ATen's ``grid_sampler_2d_backward``, which recomputes
+the samples: only the inputs are kept between forward and backward. Differentiating the plain ops instead
+would keep the ``(B·M, Dh, Lq, L·P)`` samples of every call, the largest activations of the adapter (about
+270 MB of a Med-URWKV-T training step at 256², batch 8). The hand-written backward sums in another order than
+autograd would, which moves float32 gradients by rounding (~1e-7 relative; tested against the plain ops).
+Without a gradient (inference), and while a graph is recorded for export (exporters cannot translate a custom
+op), the plain ops run: ONNX gets ``GridSample`` nodes with dynamic H/W.
 """
 
 from __future__ import annotations
@@ -129,8 +131,12 @@ def ms_deform_attn(
     if not is_tracing():
         _validate(value, shapes, starts, sampling_locations, attention_weights)
 
-    # the custom op only under torch.compile (torch.export compiles too, but exporters need the plain ops)
-    if not torch.compiler.is_compiling() or is_exporting():
+    # the custom op when a gradient is needed (its backward keeps only the inputs) and under torch.compile;
+    # the plain ops for inference and for exporters (torch.export compiles too, but cannot take a custom op)
+    needs_grad = torch.is_grad_enabled() and (
+        value.requires_grad or sampling_locations.requires_grad or attention_weights.requires_grad
+    )
+    if is_exporting() or not (needs_grad or torch.compiler.is_compiling()):
         return ms_deform_attn_pytorch(value, shapes, starts, sampling_locations, attention_weights)
     flat = [n for hw in shapes for n in hw]  # the op schema takes flat int lists: [H_0, W_0, H_1, W_1, ...]
     return msda_op(value, flat, list(starts), sampling_locations, attention_weights)
