@@ -66,16 +66,20 @@ class _MixLinear(torch.autograd.Function):
         x, xx, mix, weight = ctx.saved_tensors
         dt = g.dtype
         need_x, need_xx, need_mix, need_w = ctx.needs_input_grad
-        gm = g @ weight.to(dt)  # (..., C): gradient of the mixed input
-        grad_x = (gm * mix.to(dt)).to(x.dtype) if need_x else None
-        grad_xx = (gm * (1 - mix).to(dt)).to(xx.dtype) if need_xx else None
-        grad_mix = grad_w = None
-        if need_mix:  # as the plain ops: each product summed to mix's shape, then their difference
-            s = mix.shape
-            grad_mix = ((gm * x.to(dt)).sum_to_size(s) - (gm * xx.to(dt)).sum_to_size(s)).to(mix.dtype)
-        if need_w:
-            m = (x * mix + xx * (1 - mix)).to(dt)  # (..., C), recomputed
-            grad_w = (_flat(g).T @ _flat(m)).to(weight.dtype)  # (C_out, C)
+        mix_d = mix.to(dt)
+        grad_x = grad_xx = grad_mix = grad_w = None
+        gm = g @ weight.to(dt) if (need_x or need_xx or need_mix) else None  # (..., C): d/d mixed input
+        if need_x or need_xx:
+            gx = gm * mix_d
+            grad_x = gx.to(x.dtype) if need_x else None
+            grad_xx = (gm - gx).to(xx.dtype) if need_xx else None  # gm·(1 − μ), a pass fewer
+        if need_mix or need_w:
+            d = (x - xx).to(dt)  # (..., C)
+            if need_mix:  # d/dμ of x·μ + xx·(1 − μ) is x − xx
+                grad_mix = (gm * d).sum_to_size(mix.shape).to(mix.dtype)
+            if need_w:
+                m = torch.addcmul(xx.to(dt), d, mix_d)  # xx + μ·(x − xx): the mixed input, recomputed
+                grad_w = (_flat(g).T @ _flat(m)).to(weight.dtype)  # (C_out, C)
         return grad_x, grad_xx, grad_mix, grad_w
 
 
@@ -92,7 +96,8 @@ class _SquaredReLULinear(torch.autograd.Function):
         grad_a = grad_w = None
         if ctx.needs_input_grad[0]:
             # d/da relu(a)² = 2·relu(a) (0 where a <= 0): the plain ops' pow and threshold backward
-            grad_a = ((g @ weight.to(g.dtype)) * (2 * r)).to(a.dtype)
+            # (the factor 2 goes on the small weight: scaling by 2 is exact, so this is the same number)
+            grad_a = ((g @ (2 * weight.to(g.dtype))) * r).to(a.dtype)
         if ctx.needs_input_grad[1]:
             grad_w = (_flat(g).T @ _flat(torch.square(r))).to(weight.dtype)  # (C, Hd), relu(a)² recomputed
         return grad_a, grad_w

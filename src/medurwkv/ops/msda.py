@@ -17,7 +17,7 @@ code inside the custom operator ``medurwkv::ms_deform_attn`` (registered at impo
 and autograd), so that the compiler sees one node per call; its backward is the custom op
 ``medurwkv::ms_deform_attn_backward``, written out with ATen's ``grid_sampler_2d_backward``, which recomputes
 the samples: only the inputs are kept between forward and backward. Differentiating the plain ops instead
-would keep the ``(B·M, Dh, Lq, L·P)`` samples of every call, the largest activations of the adapter (about
+would keep the ``(B·M, Dh, P, Lq)`` samples of every level and call, the largest activations of the adapter (about
 270 MB of a Med-URWKV-T training step at 256², batch 8). The hand-written backward sums in another order than
 autograd would, which moves float32 gradients by rounding (~1e-7 relative; tested against the plain ops).
 Without a gradient (inference), and while a graph is recorded for export (exporters cannot translate a custom
@@ -142,6 +142,26 @@ def ms_deform_attn(
     return msda_op(value, flat, list(starts), sampling_locations, attention_weights)
 
 
+def _grids_and_weights(loc: Tensor, attn: Tensor, compute: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(B, Lq, M, L, P, 2)`` locations and ``(B, Lq, M, L, P)`` weights -> per-level grid_sample grids in
+    ``[-1, 1]``, ``(L, B*M, P, Lq, 2)``, and weights ``(L, B*M, 1, P, Lq)``.
+
+    Heads fold into grid_sample's batch, and the points go before the queries, so that the samples come out
+    ``(B*M, Dh, P, Lq)``: every product and sum over them then runs along the long, contiguous query axis.
+    With the points last (a dimension of 4), the same elementwise ops ran several times slower on CPU.
+    """
+    B, Lq, M, L, P, _ = loc.shape
+    grids = (2 * loc.to(compute) - 1).permute(3, 0, 2, 4, 1, 5).reshape(L, B * M, P, Lq, 2)
+    weights = attn.to(compute).permute(3, 0, 2, 4, 1).reshape(L, B * M, 1, P, Lq)
+    return grids, weights
+
+
+def _level(value: Tensor, s0: int, h: int, w: int, compute: torch.dtype) -> Tensor:
+    """Level ``(h, w)`` starting at token ``s0`` of ``(B, S, M, Dh)`` values, as a ``(B*M, Dh, h, w)`` map."""
+    B, _, M, Dh = value.shape
+    return value[:, s0 : s0 + h * w].to(compute).permute(0, 2, 3, 1).reshape(B * M, Dh, h, w)
+
+
 def ms_deform_attn_pytorch(
     value: Tensor,
     shapes: Sequence[tuple[int, int]],
@@ -153,19 +173,14 @@ def ms_deform_attn_pytorch(
     out_dtype = value.dtype
     compute = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
     B, _, M, Dh = value.shape
-    Lq, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
-
-    # grid_sample wants (N, Hout, Wout, 2) grids in [-1, 1]; fold heads into the batch: (B*M, Lq, L, P, 2).
-    grids = (2 * sampling_locations.to(compute) - 1).transpose(1, 2).flatten(0, 1)
-    sampled = []
+    Lq = sampling_locations.shape[1]
+    grids, a = _grids_and_weights(sampling_locations, attention_weights, compute)
+    out = None
     for lvl, ((h, w), s0) in enumerate(zip(shapes, starts)):
-        v = value[:, s0 : s0 + h * w].to(compute)  # (B, h*w, M, Dh)
-        v = v.permute(0, 2, 3, 1).reshape(B * M, Dh, h, w)  # (B*M, Dh, h, w)
-        s = F.grid_sample(v, grids[:, :, lvl], mode="bilinear", padding_mode="zeros", align_corners=False)
-        sampled.append(s)  # (B*M, Dh, Lq, P)
-    stacked = torch.stack(sampled, dim=3).flatten(3)  # (B*M, Dh, Lq, L*P)
-    a = attention_weights.to(compute).transpose(1, 2).reshape(B * M, 1, Lq, L * P)
-    out = (stacked * a).sum(-1)  # (B*M, Dh, Lq)
+        v = _level(value, s0, h, w, compute)  # (B*M, Dh, h, w)
+        s = F.grid_sample(v, grids[lvl], mode="bilinear", padding_mode="zeros", align_corners=False)
+        term = (s * a[lvl]).sum(2)  # (B*M, Dh, P, Lq) -> (B*M, Dh, Lq)
+        out = term if out is None else out + term
     out = out.view(B, M * Dh, Lq).transpose(1, 2)  # (B, Lq, M*Dh)
     return out.to(out_dtype)
 
@@ -216,25 +231,24 @@ def msda_backward_op(
     compute = torch.float32 if value.dtype in (torch.float16, torch.bfloat16) else value.dtype
     B, _, M, Dh = value.shape
     Lq, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
-    grids = (2 * sampling_locations.to(compute) - 1).transpose(1, 2).flatten(0, 1)  # (B*M, Lq, L, P, 2)
-    a = attention_weights.to(compute).transpose(1, 2).reshape(B * M, 1, Lq, L, P)
-    g = grad.to(compute).transpose(1, 2).reshape(B * M, Dh, Lq, 1)  # the forward's last view, undone
+    grids, a = _grids_and_weights(sampling_locations, attention_weights, compute)
+    g = grad.to(compute).transpose(1, 2).reshape(B * M, Dh, 1, Lq)  # the forward's last view, undone
     g_value = torch.zeros(value.shape, dtype=compute, device=value.device)
     g_grid, g_a = [], []
     for lvl, ((h, w), s0) in enumerate(zip(shapes, level_start_index)):
-        v = value[:, s0 : s0 + h * w].to(compute).permute(0, 2, 3, 1).reshape(B * M, Dh, h, w)
-        grid = grids[:, :, lvl]  # (B*M, Lq, P, 2)
+        v = _level(value, s0, h, w, compute)  # (B*M, Dh, h, w)
         s = F.grid_sample(
-            v, grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )  # (B*M, Dh, Lq, P)
-        g_a.append((g * s).sum(1))  # (B*M, Lq, P)
-        g_s = (g * a[:, :, :, lvl]).contiguous()  # (B*M, Dh, Lq, P)
+            v, grids[lvl], mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # (B*M, Dh, P, Lq)
+        g_a.append((g * s).sum(1))  # (B*M, P, Lq)
+        g_s = g * a[lvl]  # (B*M, Dh, P, Lq)
         # interpolation_mode 0 = bilinear, padding_mode 0 = zeros (the forward's settings)
-        g_v, g_gr = torch.ops.aten.grid_sampler_2d_backward(g_s, v, grid, 0, 0, False, [True, True])
+        g_v, g_gr = torch.ops.aten.grid_sampler_2d_backward(g_s, v, grids[lvl], 0, 0, False, [True, True])
         g_value[:, s0 : s0 + h * w] += g_v.view(B, M, Dh, h * w).permute(0, 3, 1, 2)  # (B, h*w, M, Dh)
-        g_grid.append(g_gr)  # (B*M, Lq, P, 2)
-    g_loc = 2 * torch.stack(g_grid, dim=2).view(B, M, Lq, L, P, 2).transpose(1, 2)  # d(2·loc − 1)/d loc = 2
-    g_attn = torch.stack(g_a, dim=2).view(B, M, Lq, L, P).transpose(1, 2)
+        g_grid.append(g_gr)  # (B*M, P, Lq, 2)
+    # (L, B, M, P, Lq, ...) back to the inputs' (B, Lq, M, L, P, ...); d(2·loc − 1)/d loc = 2
+    g_loc = 2 * torch.stack(g_grid).view(L, B, M, P, Lq, 2).permute(1, 4, 2, 0, 3, 5)
+    g_attn = torch.stack(g_a).view(L, B, M, P, Lq).permute(1, 4, 2, 0, 3)
     return (
         g_value.to(value.dtype),
         g_loc.to(sampling_locations.dtype).contiguous(),
