@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..utils import progress_bar
+from ..utils import progress_bar, top_counts
 from .index import DatasetIndex, contiguous_classes, discover, stray_label_message
 from .io import ImageReadError, image_hash, read_mask
 from .volume_check import format_volume_summary, run_volume_checks
@@ -60,10 +60,7 @@ class CheckReport:
                 )
             for key in ("sizes", "channels", "dtypes"):
                 if s.get(key):
-                    top = sorted(s[key].items(), key=lambda kv: -kv[1])
-                    shown = ", ".join(f"{k}: {v}" for k, v in top[:8])
-                    more = f", ... ({len(top) - 8} more)" if len(top) > 8 else ""
-                    lines.append(f"  {key}: {shown}{more}")
+                    lines.append(f"  {key}: {top_counts(s[key])}")
             if s.get("class_pixel_fraction"):
                 parts = [
                     f"{name} {frac * 100:.2f}% px / {s['class_image_count'].get(name, 0)} images"

@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import UserError
-from ..utils import progress_bar
+from ..utils import progress_bar, top_counts
 from .index import contiguous_classes, default_class_names
 from .volumes import (
     Volume,
@@ -332,9 +332,7 @@ def format_volume_summary(s: dict) -> list[str]:
         lines.append(f"  classes ({s.get('classes_source')}): {s.get('num_classes')} {s.get('class_names')}")
     for key, label in (("shapes", "shapes (X x Y x Z)"), ("spacings", "spacing (mm)"), ("dtypes", "dtypes")):
         if s.get(key):
-            top = sorted(s[key].items(), key=lambda kv: -kv[1])
-            more = f", ... ({len(top) - 8} more)" if len(top) > 8 else ""
-            lines.append(f"  {label}: " + ", ".join(f"{k}: {v}" for k, v in top[:8]) + more)
+            lines.append(f"  {label}: {top_counts(s[key])}")
     if s.get("orientations"):
         lines.append("  orientation: " + ", ".join(f"{o}: {n} cases" for o, n in s["orientations"].items()))
     elif s.get("layout") == "synapse":

@@ -34,7 +34,7 @@ from ..data.index import DatasetIndex, detect_volume_layout
 from ..data.io import IMAGE_EXTENSIONS, is_image_file
 from ..data.transforms import AugmentConfig, build_transform
 from ..errors import UserError
-from ..utils import progress_bar
+from ..utils import progress_bar, top_counts
 
 __all__ = [
     "ImageSummary",
@@ -137,9 +137,7 @@ class ImageSummary:
     sizes: dict[str, int]
 
     def describe(self) -> str:
-        top = ", ".join(f"{s} ({n})" for s, n in Counter(self.sizes).most_common(3))
-        more = f" and {len(self.sizes) - 3} more" if len(self.sizes) > 3 else ""
-        return f"{sum(self.channels.values())} images, channels {self.channels}, sizes {top}{more}"
+        return f"{sum(self.channels.values())} images, channels {self.channels}, sizes {top_counts(self.sizes, 3)}"
 
 
 def read_all_images(index: DatasetIndex, *, progress: bool = True) -> ImageSummary:

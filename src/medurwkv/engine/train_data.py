@@ -18,6 +18,7 @@ import torch
 
 from ..errors import UserError
 from ..models.pretrained import default_normalization
+from ..utils import top_counts
 from .config import TrainConfig
 from .distributed import DistInfo, broadcast_object
 
@@ -118,10 +119,12 @@ def _inspect(
     log(f"data: {index.summary_line()}")
     if volumes is not None:
         log(
-            f"data check: ok ({s.get('cases')} cases, spacings {s.get('spacings')}, orientations {s.get('orientations')})"
+            f"data check: ok ({s.get('cases')} cases, spacings {top_counts(s.get('spacings') or {}, 3)}, "
+            f"orientations {s.get('orientations')})"
         )
     else:
-        log(f"data check: ok ({s.get('pairs')} pairs, sizes {s.get('sizes')}, channels {s.get('channels')})")
+        sizes = top_counts(s.get("sizes") or {}, 3)
+        log(f"data check: ok ({s.get('pairs')} pairs, sizes {sizes}, channels {s.get('channels')})")
     for w in report.warnings[:10]:
         log(f"data warning: {w}")
     if len(report.warnings) > 10:
