@@ -93,3 +93,16 @@ def test_checkpoint_rebuilds_its_own_config_not_todays_default(tmp_path: Path):
     x = torch.randn(1, 1, 32, 32)
     torch.testing.assert_close(model(x), old.eval()(x))
     assert model_from_spec(old.model_spec).decoder.dims == [32, 32, 32, 32]
+
+
+def test_default_has_one_block_at_stride_4_and_older_checkpoints_keep_their_depths(tmp_path: Path):
+    """The registered default (docs/results_decoder.md, second session) has depths 2/2/1; a checkpoint of the
+    previous default stores decoder_depths [2, 2, 2] and rebuilds two blocks at stride 4."""
+    new = _tiny()
+    assert [len(s.blocks) for s in new.decoder.stages] == [2, 2, 1]
+    prev = _tiny(decoder_depths=[2, 2, 2])
+    path = save_checkpoint(tmp_path / "prev.pt", prev, preprocess={"normalize": "per_image"})
+    model, _ = load_model(path)
+    assert [len(s.blocks) for s in model.decoder.stages] == [2, 2, 2]
+    x = torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(model(x), prev.eval()(x))

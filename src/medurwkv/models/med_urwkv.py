@@ -192,13 +192,14 @@ class MedURWKVVariant:
 
 
 # The decoder rule of every variant (docs/results_decoder.md): widths that halve as the resolution doubles,
-# 2 x decoder_dim in the bottleneck down to decoder_dim / 4 at stride 4. Checkpoints of the first design
-# (constant width) keep loading: their kwargs are in the file (builder.model_from_spec).
+# 2 x decoder_dim in the bottleneck down to decoder_dim / 4 at stride 4, and one block (not two) in the
+# stride-4 stage, whose 16x tokens make it the slowest stage per parameter. Checkpoints of earlier designs keep
+# loading: their kwargs are in the file (builder.model_from_spec).
 _BASE = dict(
     in_channels=3,
     num_classes=2,
     decoder_width_mults=[0.25, 0.5, 1, 2],
-    decoder_depths=[2, 2, 2],
+    decoder_depths=[2, 2, 1],
     bottleneck_depth=2,
 )
 MED_URWKV_VARIANTS: dict[str, MedURWKVVariant] = {
