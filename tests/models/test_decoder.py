@@ -96,7 +96,7 @@ def test_checkpoint_rebuilds_its_own_config_not_todays_default(tmp_path: Path):
 
 
 def test_default_has_one_block_at_stride_4_and_older_checkpoints_keep_their_depths(tmp_path: Path):
-    """The registered default (docs/results_decoder.md, second session) has depths 2/2/1; a checkpoint of the
+    """The registered default (docs/results_decoder.md, the complete re-run) has depths 2/2/1; a checkpoint of the
     previous default stores decoder_depths [2, 2, 2] and rebuilds two blocks at stride 4."""
     new = _tiny()
     assert [len(s.blocks) for s in new.decoder.stages] == [2, 2, 1]
