@@ -16,7 +16,9 @@ builds the model with ``create_model(name, in_channels=C, num_classes=K, **kwarg
 ``medurwkv.engine.train_loop`` does (the model's AdamW parameter groups, lr 3e-4, weight decay 1e-4, MONAI
 ``DiceCELoss(to_onehot_y=True, softmax=True)``, gradient norm clipped to 1.0) on one random batch: warm-up steps,
 then timed full steps (zero_grad, forward, loss, backward, clip, optimizer step). It then measures eval-mode
-inference latency (batch 1, ``torch.inference_mode``) at ``--latency-sizes``. The parent prints a Markdown table
+inference latency (batch 1, ``torch.inference_mode``) at ``--latency-sizes``. Each worker first raises glibc's
+malloc thresholds as the ``medurwkv`` command does (``medurwkv.utils.tune_malloc``; ``--malloc default`` keeps
+glibc's own, under which large buffers are page-faulted anew on every forward). The parent prints a Markdown table
 with the ratios to ``--baseline`` and PASS/FAIL against the targets (exit code 1 on a FAIL only with
 ``--strict``; a model whose worker failed is an error row and gives exit code 1).
 """
@@ -56,7 +58,10 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
     from monai.losses import DiceCELoss
 
     from medurwkv.models import create_model
+    from medurwkv.utils import tune_malloc
 
+    # As the medurwkv command does at start-up (utils/malloc.py), unless --malloc default.
+    malloc_tuned = tune_malloc() if job["malloc"] == "tuned" else False
     torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     # Memory of the interpreter + torch + MONAI + medurwkv alone, so a reader can tell it from the model's part.
@@ -132,6 +137,7 @@ def run_worker(job: dict[str, Any]) -> dict[str, Any]:
         "latency_s": latency,
         "latency_growth": latency[hi] / latency[lo] if lo != hi else None,
         "threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned,
         "torch": torch.__version__,
     }
 
@@ -265,6 +271,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="inference sides (default 512 1024; quick 64 128)",
     )
     ap.add_argument("--latency-repeats", type=int, default=None, help="median of N runs (default 3; quick 2)")
+    ap.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned: every worker raises glibc's malloc thresholds as the medurwkv command does "
+        "(medurwkv.utils.tune_malloc); default: glibc's own (default tuned)",
+    )
     for key, val in DEFAULT_TARGETS.items():
         ap.add_argument(
             "--" + key.replace("_", "-"),
@@ -325,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# torch threads={args.threads}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
         f"train {img}² batch {batch}, {warmup} warm-up + {steps} timed steps; latency at {lat_sizes} "
-        f"(median of {lat_rep}); quick={q}",
+        f"(median of {lat_rep}); malloc {args.malloc}; quick={q}",
         flush=True,
     )
     load_start = _loadavg()
@@ -347,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "latency_sizes": lat_sizes,
             "latency_repeats": lat_rep,
+            "malloc": args.malloc,
         }
         t0 = time.perf_counter()
         r = _run_isolated(job, args.timeout)
@@ -377,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads,
             "latency_sizes": lat_sizes,
             "latency_repeats": lat_rep,
+            "malloc": args.malloc,
             "baseline": args.baseline,
             "targets": targets,
             "quick": q,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -76,10 +77,13 @@ def test_quick_mode_measures_each_model_against_the_baseline(tmp_path: Path) -> 
     data = json.loads(out_json.read_text())
     by_label = {r["label"]: r for r in data["rows"]}
     assert data["meta"]["quick"] and data["meta"]["baseline"] == "unet"
+    assert data["meta"]["malloc"] == "tuned"  # the default: as the medurwkv command runs
     assert by_label["thin"]["kwargs"]["base_channels"] == 4
     assert by_label["thin"]["params"] < by_label["unet"]["params"]
     for r in data["rows"]:
         assert r["threads"] == 1
+        # applied wherever the C library is glibc (utils/malloc.py); CI and this machine are glibc Linux
+        assert r["malloc_tuned"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
         assert len(r["step_times_s"]) == 1  # quick: one timed step
         assert r["peak_rss_gb"] >= r["import_rss_gb"] > 0
 

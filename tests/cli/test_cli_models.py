@@ -140,3 +140,15 @@ def test_benchmark_worker_entry_point_prints_one_json_row():
     assert out.returncode == 0, out.stderr
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert row["model"] == "unet" and row["size"] == 32 and row["peak_rss_gb"] > 0
+
+
+def test_every_command_tunes_malloc_first_and_a_bad_setting_is_one_line(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr("medurwkv.cli.tune_malloc", lambda: calls.append(1))
+    assert main(["models", "unet"]) == 0
+    assert calls == [1]  # once, before the command runs (utils/malloc.py)
+    monkeypatch.undo()
+    monkeypatch.setenv("MEDURWKV_MALLOC", "fast")
+    assert main(["models", "unet"]) == 2
+    line = one_error_line(capsys.readouterr().err, "models")
+    assert "expected MEDURWKV_MALLOC=tuned or default, got 'fast'" in line

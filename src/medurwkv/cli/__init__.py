@@ -18,6 +18,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
+from ..utils import tune_malloc
 
 __all__ = ["USER_ERRORS", "build_parser", "main", "one_line"]
 
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prog = getattr(args, "prog", None) or f"medurwkv {args.command}"
     try:
+        # Before any tensor: large activations are then reused instead of page-faulted anew (utils/malloc.py).
+        tune_malloc()
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)

@@ -265,8 +265,11 @@ def format_benchmark(rows: list[dict[str, Any]], reference: str = "unet") -> str
 
 def _worker_main(argv: list[str]) -> int:
     """Subprocess entry of :func:`_measure_isolated`: measure the job given as JSON, print the row as JSON."""
+    from ..utils import tune_malloc
+
     job = json.loads(argv[argv.index("--bench-worker") + 1])
     name, size = job.pop("name"), job.pop("size")
+    tune_malloc()  # what `medurwkv predict` runs with (MEDURWKV_MALLOC=default in the environment: glibc's own)
     print(json.dumps(measure(name, size, **job)))
     return 0
 
