@@ -2,11 +2,11 @@
 
 glibc's ``malloc`` serves a block above its mmap threshold (at most 32 MiB, raised dynamically from 128 KiB)
 with a fresh ``mmap`` and unmaps it on ``free``; it also trims the heap top above its trim threshold. So every
-activation of that size is page-faulted and zero-filled by the kernel again on each forward. That cost grows
-faster than the tensor: at 1024² a Med-URWKV-T forward allocates dozens of 16-67 MB buffers (the stem's
-(1, 64, 512, 512) maps) and took 1.45× as long as with the thresholds raised; a training step at 256², batch
-8, 1.3× (docs/results_decoder.md, "The memory allocator"). :func:`tune_malloc` raises both thresholds with ``mallopt`` so such blocks are reused from
-the heap, as the tcmalloc/jemalloc that PyTorch's CPU performance guide recommends would do.
+activation of that size is page-faulted and zero-filled by the kernel again on each forward. At 1024² a
+Med-URWKV-T forward allocates dozens of 16-67 MB buffers (the stem's (1, 64, 512, 512) maps) and took 1.45× as
+long as with the thresholds raised; a training step at 256², batch 8, 1.3× (docs/results_decoder.md, "The
+memory allocator"). :func:`tune_malloc` raises both thresholds with ``mallopt``, so such blocks are reused from
+the heap, much as an allocator like tcmalloc or jemalloc would do.
 
 The ``medurwkv`` command calls it once at start-up (forked DataLoader workers inherit it); Python code calls it
 itself. It changes nothing where the C library is not glibc, when ``MEDURWKV_MALLOC=default`` is set, or when
