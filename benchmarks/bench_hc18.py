@@ -40,12 +40,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from medurwkv.data.split import HC18_GROUP, ensure_split
+    from medurwkv.engine.checkpoint import load_model
+    from medurwkv.engine.train import fit
     from medurwkv.utils import tune_malloc
 
     # as `medurwkv train` does at start-up (rows measured before 2026-12-04 ran with glibc's own thresholds)
     print(f"malloc tuned: {tune_malloc()}", flush=True)
-    from medurwkv.engine.checkpoint import load_model
-    from medurwkv.engine.train import fit
 
     data = Path(args.data or Path(os.environ["MEDURWKV_DATA"]) / "hc18")
     out = Path(args.out)

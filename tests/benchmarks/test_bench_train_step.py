@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from bench_scripts import BENCHMARKS, load_benchmark
+
+from medurwkv.utils.malloc import is_glibc
 
 SCRIPT = BENCHMARKS / "bench_train_step.py"
 
@@ -83,7 +84,7 @@ def test_quick_mode_measures_each_model_against_the_baseline(tmp_path: Path) -> 
     for r in data["rows"]:
         assert r["threads"] == 1
         # applied wherever the C library is glibc (utils/malloc.py); CI and this machine are glibc Linux
-        assert r["malloc_tuned"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+        assert r["malloc_tuned"] is is_glibc()
         assert len(r["step_times_s"]) == 1  # quick: one timed step
         assert r["peak_rss_gb"] >= r["import_rss_gb"] > 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import pytest
 from medurwkv.errors import UserError
 from medurwkv.utils import malloc, tune_malloc
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = malloc.is_glibc()
 
 # A child process allocates and frees a 64 MiB tensor twelve times and reports the minor page faults of the
 # last nine. Untuned, glibc serves each one with a fresh mmap (above its 32 MiB ceiling), so every round faults in

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medurwkv",
         description="Med-URWKV: medical image segmentation with pretrained Vision-RWKV encoders.",
+        epilog="Every command first raises glibc's malloc thresholds so that large tensors are reused "
+        "(medurwkv.utils.tune_malloc); MEDURWKV_MALLOC=default keeps glibc's own.",
     )
     parser.add_argument("--version", action="version", version=f"medurwkv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -21,7 +21,7 @@ import platform
 
 from ..errors import UserError
 
-__all__ = ["MALLOC_ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_malloc"]
+__all__ = ["MALLOC_ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "is_glibc", "tune_malloc"]
 
 MALLOC_ENV = "MEDURWKV_MALLOC"
 # Blocks up to 1 GiB come from the heap; up to 1 GiB of free heap top is kept. A training step at 256², batch
@@ -33,20 +33,25 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _USER_TUNING = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
+def is_glibc() -> bool:
+    """Whether this process runs on Linux with glibc, the only C library whose ``mallopt`` is tuned here."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def tune_malloc(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Raise glibc's mmap and trim thresholds (bytes) for this process; True when it was applied.
 
     False, with nothing changed: not glibc (macOS, Windows, musl), ``MEDURWKV_MALLOC=default``, or one of
     ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``GLIBC_TUNABLES`` set (the user's choice wins).
     Calling it again is harmless. Freed memory up to ``trim_threshold`` stays in the process, so its resident
-    size after a peak does not shrink back; the peak itself is unchanged (measured in docs/benchmarks_wkv.md).
+    size after a peak does not shrink back; the peak itself is unchanged (measured in docs/results_decoder.md).
     """
     mode = os.environ.get(MALLOC_ENV, "tuned")
     if mode not in ("tuned", "default"):
         raise UserError(f"expected {MALLOC_ENV}=tuned or default, got {mode!r}; unset it or set one of them")
     if mode == "default" or any(k in os.environ for k in _USER_TUNING):
         return False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not is_glibc():
         return False
     for value in (mmap_threshold, trim_threshold):
         if not 0 < value < 2**31:  # mallopt takes a C int
